@@ -1,0 +1,109 @@
+"""Gradient checking: central finite differences and a VJP/JVP inner product, float64.
+
+>>> import numpy as np
+>>> from tools.gradcheck import gradcheck
+>>> gradcheck(lambda a, b: (a @ b).tanh(), np.ones((2, 3)), np.ones((3, 4)) / 7).ok
+True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from engine.errors import UnrollError
+
+EPS, ATOL, RTOL = 1e-6, 1e-5, 1e-3
+
+
+class GradcheckError(UnrollError, AssertionError):
+    """Analytic and numerical derivatives disagree."""
+
+
+@dataclass
+class GradcheckResult:
+    ok: bool
+    checked: int  # number of derivative entries compared
+    max_abs_err: float
+    failures: list[str] = field(default_factory=list)
+
+    def __str__(self):
+        head = "PASS" if self.ok else "FAIL"
+        line = (f"{head}: {self.checked} derivatives, "
+                f"max |analytic - numeric| = {self.max_abs_err:.2e}")
+        return "\n".join([line] + self.failures[:10])
+
+
+def check_vjp(fun: Callable[..., np.ndarray], vjp: Callable[..., Sequence[np.ndarray]],
+              args: Sequence[np.ndarray], names: Sequence[str] | None = None, *, what: str = "f",
+              eps: float = EPS, atol: float = ATOL, rtol: float = RTOL, max_per_input: int = 64,
+              seed: int = 0, raise_on_fail: bool = True) -> GradcheckResult:
+    """Compare ``vjp(u, *args)`` (cotangents of <u, fun(*args)>) with central differences.
+
+    Checks up to ``max_per_input`` entries of every input one by one, then the whole
+    VJP against a JVP along one random direction (<J^T u, v> == <u, J v>).
+    """
+    rng = np.random.default_rng(seed)
+    args = [np.array(a, dtype=np.float64) for a in args]
+    names = list(names or [f"input {i}" for i in range(len(args))])
+    y = np.asarray(fun(*args))
+    u = rng.standard_normal(y.shape)
+    grads = [np.asarray(g, dtype=np.float64) if g is not None else np.zeros_like(a)
+             for g, a in zip(vjp(u, *args), args)]
+
+    def proj(xs):
+        return float(np.sum(u * np.asarray(fun(*xs))))
+
+    failures, worst, checked = [], 0.0, 0
+    for i, (a, g) in enumerate(zip(args, grads)):
+        if g.shape != a.shape:
+            failures.append(f"{what}: gradient for {names[i]} has shape {g.shape}, expected "
+                            f"{a.shape}")
+            continue
+        idxs = list(np.ndindex(a.shape))
+        if len(idxs) > max_per_input:
+            idxs = [idxs[j] for j in rng.choice(len(idxs), max_per_input, replace=False)]
+        for ix in idxs:
+            plus = [x.copy() for x in args]
+            minus = [x.copy() for x in args]
+            plus[i][ix] += eps
+            minus[i][ix] -= eps
+            num = (proj(plus) - proj(minus)) / (2 * eps)
+            err = abs(g[ix] - num)
+            worst, checked = max(worst, err), checked + 1
+            if not err <= atol + rtol * abs(num):
+                failures.append(f"{what}: d/d {names[i]}{list(ix)}: analytic {g[ix]:.8g} vs "
+                                f"numeric {num:.8g} (off by {err:.2e})")
+    v = [rng.standard_normal(a.shape) for a in args]
+    plus = [a + eps * d for a, d in zip(args, v)]
+    minus = [a - eps * d for a, d in zip(args, v)]
+    jvp = (proj(plus) - proj(minus)) / (2 * eps)
+    vjp_v = sum(float(np.sum(g * d)) for g, d in zip(grads, v))
+    err = abs(jvp - vjp_v)
+    worst, checked = max(worst, err), checked + 1
+    if not err <= atol + rtol * abs(jvp):
+        failures.append(f"{what}: <vjp, v> = {vjp_v:.8g} but <u, jvp> = {jvp:.8g} "
+                        f"(off by {err:.2e}) along a random direction")
+    res = GradcheckResult(not failures, checked, worst, failures)
+    if raise_on_fail and failures:
+        raise GradcheckError(str(res))
+    return res
+
+
+def gradcheck(fn: Callable, *arrays: np.ndarray, **kw) -> GradcheckResult:
+    """Check a function of ``engine.Tensor``s: its backward() against finite differences."""
+    from engine import Tensor, no_grad
+
+    def fun(*xs):
+        with no_grad():
+            return fn(*[Tensor(x) for x in xs]).data
+
+    def vjp(u, *xs):
+        ts = [Tensor(x, requires_grad=True) for x in xs]
+        fn(*ts).backward(u)
+        return [t.grad for t in ts]
+
+    kw.setdefault("what", getattr(fn, "__name__", "f"))
+    return check_vjp(fun, vjp, arrays, **kw)
