@@ -58,8 +58,18 @@ class Eqn:
 
     def __str__(self):
         args = " ".join(a.name if isinstance(a, Var) else str(a) for a in self.inputs)
-        ps = "".join(f" {k}={v}" for k, v in self.params)
+        ps = "".join(f" {k}={_fmt_index(v) if k == 'index' else v}" for k, v in self.params)
         return f"{self.out} = {self.op}{ps} {args}"
+
+
+def _fmt_index(index) -> str:
+    def one(ix):
+        if isinstance(ix, int):
+            return str(ix)
+        start, stop, step = ("" if v is None else str(v) for v in ix)
+        return f"{start}:{stop}" + (f":{step}" if step else "")
+
+    return "[" + ",".join(one(ix) for ix in index) + "]"
 
 
 @dataclass(frozen=True)
@@ -145,6 +155,13 @@ class Builder:
         self.inputs: list[Var] = []
         self.eqns: list[Eqn] = []
         self._n = 0
+
+    @classmethod
+    def extend(cls, prog: Program) -> Builder:
+        """A builder that continues an existing program."""
+        b = cls(prog.inputs[0].dtype if prog.inputs else "float64")
+        b.inputs, b.eqns = list(prog.inputs), list(prog.eqns)
+        return b
 
     def input(self, name, shape, dtype=None, node=None, step=None) -> Var:
         v = Var(name, tuple(shape), str(np.dtype(dtype or self.dtype)), node, step)

@@ -139,6 +139,7 @@ defop("sigmoid", 1, _same("sigmoid"), _flat(k.sigmoid),
 defop("relu", 1, _same("relu"), _flat(k.relu), lambda g, y, x: (_flat(k.relu_grad)(g, x),))
 defop("softplus", 1, _same("softplus"), _flat(k.softplus),
       lambda g, y, x: (_flat(k.softplus_grad)(g, x),))
+defop("copy", 1, _same("copy"), lambda x: x, lambda g, y, x: (g,), doc="identity: v = w")
 defop("stop_gradient", 1, _same("stop_gradient"), lambda x: x, lambda g, y, x: (None,),
       doc="identity forward, no gradient: where truncated BPTT cuts")
 

@@ -30,6 +30,7 @@ CASES = {
     "relu": ([anyv(2, 3) + 0.05], [], {}),
     "softplus": ([anyv(2, 3)], [], {}),
     "stop_gradient": ([anyv(3)], [], {}),
+    "copy": ([anyv(3)], [], {}),
     "matmul": ([anyv(2, 3, 4), anyv(4, 5)], [], {}),
     "matvec": ([anyv(5, 3), anyv(2, 4, 3)], [], {}),
     "sum": ([anyv(2, 3, 4)], [], {"axis": (0, 2), "keepdims": False}),

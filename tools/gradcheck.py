@@ -107,3 +107,43 @@ def gradcheck(fn: Callable, *arrays: np.ndarray, **kw) -> GradcheckResult:
 
     kw.setdefault("what", getattr(fn, "__name__", "f"))
     return check_vjp(fun, vjp, arrays, **kw)
+
+
+def check_bptt(model, xs, targets, *, initial_state=None, max_per_input: int = 16,
+               raise_on_fail: bool = True, **bptt_kw) -> GradcheckResult:
+    """``rnn.bptt`` against finite differences: every parameter and every initial state.
+
+    The model must be float64. Runs the loss for perturbed copies of the weights.
+    """
+    import rnn
+
+    if model.dtype != "float64":
+        raise ValueError(f"gradcheck needs a float64 model, got {model.dtype}")
+    names = list(model.params)
+    B = np.asarray(xs).shape[0]
+    init = dict(initial_state or {})
+    for s, H in model.cell.states.items():
+        shape = (B, H) if model.layers == 1 else (model.layers, B, H)
+        init.setdefault(s, np.random.default_rng(1).uniform(-0.5, 0.5, shape))
+    snames = list(init)
+    saved = dict(model.params)
+
+    def run(*arrays):
+        model.params = dict(zip(names, arrays[:len(names)]))
+        state = dict(zip(snames, arrays[len(names):]))
+        try:
+            return rnn.bptt(model, xs, targets, initial_state=state, **bptt_kw)
+        finally:
+            model.params = saved
+
+    def fun(*arrays):
+        return np.array(run(*arrays).loss)
+
+    def vjp(u, *arrays):
+        res = run(*arrays)
+        return [u * res.grads[n] for n in names] + [u * res.state_grads[s] for s in snames]
+
+    args = [saved[n] for n in names] + [init[s] for s in snames]
+    labels = names + [f"initial {s}" for s in snames]
+    return check_vjp(fun, vjp, args, labels, what="bptt", max_per_input=max_per_input,
+                     raise_on_fail=raise_on_fail)

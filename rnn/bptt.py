@@ -1,0 +1,176 @@
+"""Backpropagation through time: reverse mode over the unrolled program.
+
+>>> import numpy as np, rnn
+>>> m = rnn.Model(rnn.cells.elman(2, 3), head=1)
+>>> xs, ys = np.ones((4, 5, 2)), np.zeros((4, 5, 1))
+>>> res = rnn.bptt(m, xs, ys)
+>>> sorted(res.grads) == sorted(m.params), res.step_norms["h"].shape
+(True, (5,))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .executor import EXECUTORS
+from .losses import check_targets, loss_weights
+from .model import Model, check_mask
+
+
+@dataclass
+class BPTTResult:
+    loss: float
+    grads: dict[str, np.ndarray]  # same names and shapes as model.params
+    state_grads: dict[str, np.ndarray]  # dL/d(initial state); (B,H), or (L,B,H) if stacked
+    step_norms: dict[str, np.ndarray]  # ||dL/d state_t|| per step: (T,), or (L,T) if stacked
+    outputs: np.ndarray = field(repr=False)  # (B, T, O)
+    final_state: dict[str, np.ndarray] = field(repr=False)
+    adjoints: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # keep_adjoints
+
+
+def _check_truncate(truncate):
+    if truncate is None:
+        return None
+    if isinstance(truncate, (tuple, list)):
+        if (len(truncate) != 2 or not all(isinstance(k, int) and k >= 1 for k in truncate)
+                or truncate[1] < truncate[0]):
+            raise ValueError(f"truncate=(k1, k2) needs ints 1 <= k1 <= k2, got {truncate!r}")
+        return tuple(truncate)
+    if not isinstance(truncate, int) or isinstance(truncate, bool) or truncate < 1:
+        raise ValueError(f"truncate must be a positive int k or a pair (k1, k2), got "
+                         f"{truncate!r}")
+    return truncate
+
+
+def bptt(model: Model, xs, targets, loss: str = "mse", at: str = "all", initial_state=None,
+         truncate=None, mask=None, executor: str = "compiled",
+         keep_adjoints: bool = False) -> BPTTResult:
+    """Loss, parameter gradients, initial-state gradients and per-step state-gradient
+    norms of ``model`` on one batch (see SPEC section 4 for every argument)."""
+    if executor not in EXECUTORS:
+        raise ValueError(f"executor must be one of {sorted(EXECUTORS)}, got {executor!r}")
+    xs = model.check_xs(xs)
+    B, T, _ = xs.shape
+    O = model.output_size
+    if at not in ("all", "last"):
+        raise ValueError(f"at must be 'all' (many-to-many) or 'last' (many-to-one), got {at!r}")
+    targets = check_targets(loss, at, targets, B, T, O, model.dtype)
+    mask = check_mask(mask, (B, T), model.dtype)
+    truncate = _check_truncate(truncate)
+    weights = loss_weights(loss, at, B, T, O, mask, model.dtype)
+    if isinstance(truncate, tuple) and truncate[0] < T:
+        return _windows(model, xs, targets, weights, loss, at, initial_state, truncate, mask,
+                        executor)
+    if isinstance(truncate, tuple):
+        truncate = None
+    k = truncate if truncate is not None and truncate < T else None
+    return _run(model, xs, targets, weights, loss, at, initial_state, k, mask, executor,
+                keep_adjoints)
+
+
+def _run(model, xs, targets, weights, loss, at, initial_state, k, mask, executor,
+         keep_adjoints=False, carried=None):
+    B, T, _ = xs.shape
+    ex = EXECUTORS[executor]
+    prog, un = model.program(T, loss=loss, at=at, masked=mask is not None, truncate=k)
+    env = model.feed(un, xs, initial_state, mask)
+    env.update(carried or {})
+    env["targets"], env["weights"] = targets, weights
+    vals = ex.forward(prog, env)
+    state_vars = {v.name: (v.node, t) for n, vs in un.values.items()
+                  if n in model.full.states for t, v in enumerate(vs)}
+    norms = {n: np.zeros(T) for n in model.full.states}
+    kept = {}
+
+    def seen(var, g):
+        hit = state_vars.get(var.name)
+        if hit is not None:
+            norms[hit[0]][hit[1]] = np.linalg.norm(g)
+        if keep_adjoints:
+            kept[var.name] = g
+
+    adj = ex.backward(prog, vals, {"loss": np.ones((), model.dtype)}, seen)
+    grads = {p: adj.get(p, np.zeros_like(v)) for p, v in model.params.items()}
+    per_layer = {n: adj.get(f"{n}@init", np.zeros((B, model.full.states[n]), model.dtype))
+                 for n in model.full.states}
+    final = {n: vals[un.values[n][-1].name] for n in model.full.states}
+    ys = np.stack([vals[v.name] for v in un.outputs()], axis=1)
+    return BPTTResult(float(vals["loss"]), grads, _by_state(model, per_layer),
+                      _by_state(model, norms), ys, _by_state(model, final), kept)
+
+
+def _by_state(model, per_layer):
+    return model.split_layers({n: per_layer[n] for s in model.cell.states
+                               for n in model.layer_names(s)})
+
+
+def _windows(model, xs, targets, weights, loss, at, initial_state, k12, mask, executor):
+    """Williams & Peng BPTT(k1, k2): every k1 steps, backpropagate the last k1 steps'
+    losses through the last k2 steps, starting from the (detached) state there."""
+    k1, k2 = k12
+    B, T, _ = xs.shape
+    cell = model.full
+    deepest = max([a.delay for nd in cell.nodes for a in nd.args if hasattr(a, "delay")])
+    if deepest > 1:
+        raise ValueError(f"truncate=(k1, k2) needs a cell whose delays are all 1; this one "
+                         f"reads v[t-{deepest}]: use truncate=k instead")
+    ex = EXECUTORS[executor]
+    prog, un = model.program(T, masked=mask is not None)
+    vals = ex.forward(prog, model.feed(un, xs, initial_state, mask))
+    if at == "last":  # the same loss, written per step: only step T-1 weighs
+        full_t = np.zeros((B, T) + targets.shape[1:], targets.dtype)
+        full_t[:, -1] = targets
+        full_w = np.zeros((B, T) + weights.shape[1:], weights.dtype)
+        full_w[:, -1] = weights
+        targets, weights = full_t, full_w
+    ends = list(range(k1 - 1, T, k1))
+    if ends[-1] != T - 1:
+        ends.append(T - 1)
+    total = None
+    adj_sum = {n: [0.0] * T for n in model.full.states}
+    start_loss = 0
+    for e in ends:
+        s = max(0, e - k2 + 1)
+        w = np.zeros_like(weights)
+        w[:, start_loss:e + 1] = weights[:, start_loss:e + 1]
+        start_loss = e + 1
+        init, carried = initial_state, {}
+        if s > 0:  # start from the forward pass's values at s-1, detached
+            init = _by_state(model, {n: vals[un.values[n][s - 1].name] for n in cell.states})
+            carried = {f"{n}@init": vals[un.values[n][s - 1].name] for n in un.init
+                       if n in un.values and n not in cell.states}
+            carried.update({f"{x}@init": xs[:, s - 1] for x in cell.input_delays})
+        sl = slice(s, e + 1)
+        res = _run(model, xs[:, sl], targets[:, sl], w[:, sl], loss, "all", init, None,
+                   None if mask is None else mask[:, sl], executor, keep_adjoints=True,
+                   carried=carried)
+        if total is None:
+            total = res
+            total.grads = {p: g.copy() for p, g in res.grads.items()}
+            total.state_grads = {k: g.copy() for k, g in res.state_grads.items()}
+        else:
+            for p, g in res.grads.items():
+                total.grads[p] += g
+            if s == 0:  # only windows that reach back to t = 0 see the initial state
+                for k, g in res.state_grads.items():
+                    total.state_grads[k] += g
+        for n in model.full.states:  # the adjoint of a state at step t sums over windows
+            for t in range(s, e + 1):
+                adj_sum[n][t] = adj_sum[n][t] + res.adjoints.get(f"{n}@{t - s}", 0.0)
+    norms = {n: np.array([np.linalg.norm(a) for a in adj_sum[n]]) for n in cell.states}
+    ys = np.stack([vals[v.name] for v in un.outputs()], axis=1)
+    final = {n: vals[un.values[n][-1].name] for n in model.full.states}
+    total.loss, total.outputs = _weighted_loss(loss, ys, targets, weights), ys
+    total.final_state, total.step_norms = _by_state(model, final), _by_state(model, norms)
+    total.adjoints = {}
+    return total
+
+
+def _weighted_loss(loss, ys, targets, weights):
+    if loss == "mse":
+        return float(np.sum(weights * (ys - targets) ** 2))
+    z = ys - ys.max(-1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    return float(-np.sum(weights * np.take_along_axis(logp, targets[..., None], -1)[..., 0]))

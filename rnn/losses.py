@@ -1,0 +1,80 @@
+"""Losses appended to an unrolled program: a weighted sum of per-element losses.
+
+The weights (a program input) make one program serve the plain mean, ragged batches
+(masked steps weigh 0) and truncation windows: mse is sum(w * (y - target)^2) with
+w = 1 / (number of counted elements).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from engine.ir import Builder, Program
+
+from .unroll import Unrolled
+
+LOSSES = ("mse", "cross_entropy")
+
+
+def add_loss(un: Unrolled, loss: str, at: str) -> Program:
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    if at not in ("all", "last"):
+        raise ValueError(f"at must be 'all' (many-to-many) or 'last' (many-to-one), got {at!r}")
+    prog = un.program
+    b = Builder.extend(prog)
+    b.dtype = prog.outputs[0].dtype
+    ys = un.outputs()
+    O = ys[0].shape[-1]
+    if at == "all":
+        y = b.call("stack", *ys, axis=1, name="Y")
+        lead = ("B", un.steps)
+    else:
+        y, lead = ys[-1], ("B",)
+    if loss == "mse":
+        target = b.input("targets", lead + (O,))
+        w = b.input("weights", lead + (1,))
+        err = b.call("pow", b.call("sub", y, target, name="err"), p=2.0, name="sq")
+    else:
+        target = b.input("targets", lead, dtype="int64")
+        w = b.input("weights", lead)
+        logp = b.call("log_softmax", y, axis=-1, name="logp")
+        err = b.call("neg", b.call("pick", logp, target, name="picked"), name="nll")
+    b.call("sum", b.call("mul", err, w, name="weighted"), name="loss")
+    return b.program([b.eqns[-1].out])
+
+
+def loss_weights(loss: str, at: str, B: int, T: int, O: int, mask, dtype) -> np.ndarray:
+    """1/count for every counted element; masked steps count 0."""
+    if at == "all":
+        m = np.ones((B, T), dtype) if mask is None else mask.astype(dtype)
+    else:
+        m = np.ones((B,), dtype)
+    per = O if loss == "mse" else 1
+    w = m / (m.sum() * per)
+    return w[..., None] if loss == "mse" else w
+
+
+def check_targets(loss: str, at: str, targets, B: int, T: int, O: int, dtype) -> np.ndarray:
+    targets = np.asarray(targets)
+    lead = (B, T) if at == "all" else (B,)
+    if loss == "mse":
+        want = lead + (O,)
+        if targets.shape != want:
+            raise ValueError(f"targets for loss='mse', at='{at}' must be {want}, got "
+                             f"{targets.shape}")
+        if targets.dtype != dtype:
+            raise TypeError(f"targets are {targets.dtype} but the model is {dtype}; pass "
+                            f"targets.astype(np.{dtype})")
+        if not np.all(np.isfinite(targets)):
+            raise ValueError("targets hold NaN or inf values")
+        return targets
+    if targets.shape != lead:
+        raise ValueError(f"targets for loss='cross_entropy', at='{at}' are class indices of "
+                         f"shape {lead}, got {targets.shape}")
+    if targets.dtype.kind not in "iu":
+        raise TypeError(f"cross-entropy targets are integer class indices, got {targets.dtype}")
+    if targets.size and (targets.min() < 0 or targets.max() >= O):
+        raise ValueError(f"class indices must lie in [0, {O}), got {targets.min()}.."
+                         f"{targets.max()}")
+    return targets.astype(np.int64)

@@ -1,0 +1,212 @@
+"""A model: a cell stacked ``layers`` deep, an optional dense head, and its weights.
+
+Stacking is itself just a cell: layer k's nodes are renamed with ``_l{k}`` and read the
+layer below's output where the cell read its input, so the whole model is one cyclic
+graph, unrolled by the same compiler.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from engine.errors import DTypeError, ShapeError
+from engine.ir import Program
+
+from .cell import Cell
+from .executor import EXECUTORS
+from .unroll import Unrolled, unroll
+
+
+def _suffix(name: str, k: int) -> str:
+    base, dot, rest = name.partition(".")
+    return f"{base}_l{k}{dot}{rest}"
+
+
+def stack_cells(cell: Cell, layers: int, head: int | None) -> Cell:
+    """One cell for the whole model: ``layers`` copies of ``cell`` and a dense head."""
+    (x,) = cell.inputs
+    out = cell.outputs[0]
+    out_size = cell.shapes[out][0]
+    nodes, sizes, params = [], {}, {}
+    for k in range(layers):
+        layer = cell if k == 0 else Cell.from_nodes(
+            cell.nodes, {x: out_size}, {}, cell.outputs, cell.declared, {}, cell.sources,
+            cell.text)
+
+        def rename(n, k=k):
+            if n == x:
+                return x if k == 0 else f"{out}_l{k - 1}"
+            return _suffix(n, k)
+
+        nodes += layer.renamed(rename)
+        sizes.update({rename(v): n for v, n in {**layer.declared, **layer.states}.items()})
+        params.update({rename(p): s for p, s in layer.params.items()})
+    top = f"{out}_l{layers - 1}"
+    outputs = [top]
+    if head is not None:
+        dense = Cell.from_equations("y = head_weight @ h + head_bias", inputs={"h": out_size},
+                                    sizes={"y": head})
+        nodes += dense.renamed(lambda n: top if n == "h" else n)
+        params.update(dense.params)
+        outputs = ["y"]
+    return Cell.from_nodes(nodes, {x: cell.inputs[x]}, {}, outputs, sizes, params, {}, "")
+
+
+class Model:
+    """A stacked recurrent model with PyTorch's parameter names and initialization.
+
+    >>> from rnn import cells
+    >>> m = Model(cells.lstm(3, 8), layers=2, head=1)
+    >>> sorted(m.params)[:2], m.params["weight_ih_l1"].shape
+    (['bias_hh_l0', 'bias_hh_l1'], (32, 8))
+    """
+
+    def __init__(self, cell: Cell, layers: int = 1, head: int | None = None,
+                 dtype: str = "float64", seed: int = 0):
+        if not isinstance(cell, Cell):
+            raise TypeError(f"Model needs a Cell (e.g. rnn.cells.lstm(1, 16)), got "
+                            f"{type(cell).__name__}")
+        if len(cell.inputs) != 1:
+            raise ValueError(f"a Model's cell takes one input, this one has {list(cell.inputs)}")
+        if not isinstance(layers, int) or layers < 1:
+            raise ValueError(f"layers must be a positive int, got {layers!r}")
+        if head is not None and (not isinstance(head, int) or head < 1):
+            raise ValueError(f"head is the output size of a dense layer (an int), got {head!r}")
+        if np.dtype(dtype).kind != "f":
+            raise DTypeError(f"dtype must be float32 or float64, got {dtype}")
+        self.cell, self.layers, self.head = cell, layers, head
+        self.dtype = str(np.dtype(dtype))
+        self.full = stack_cells(cell, layers, head)
+        self.input_size = next(iter(cell.inputs.values()))
+        self.output_size = self.full.shapes[self.full.outputs[0]][0]
+        self.params = self.init_params(seed)
+        self._programs: dict[tuple, tuple[Program, Unrolled]] = {}
+
+    def __repr__(self):
+        n = sum(p.size for p in self.params.values())
+        return (f"Model({self.input_size} -> {self.output_size}, layers={self.layers}, "
+                f"head={self.head}, states={list(self.cell.states)}, {n} parameters, "
+                f"{self.dtype})")
+
+    def init_params(self, seed: int = 0) -> dict[str, np.ndarray]:
+        """PyTorch's default: U(-1/sqrt(H), 1/sqrt(H)), H the hidden size (fan-in for the
+        head)."""
+        rng = np.random.default_rng(seed)
+        out_size = self.cell.shapes[self.cell.outputs[0]][0]
+        hidden = next(iter(self.cell.declared.values()), out_size)
+        out = {}
+        for p, shape in self.full.params.items():
+            bound = 1 / np.sqrt(out_size if p.startswith("head_") else hidden)
+            out[p] = rng.uniform(-bound, bound, size=shape).astype(self.dtype)
+        return out
+
+    # ------------------------------------------------------------ state names
+    def layer_names(self, state: str) -> list[str]:
+        return [_suffix(state, k) for k in range(self.layers)]
+
+    def split_layers(self, per_layer: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """{h_l0: a, h_l1: b} -> {h: a} for one layer, {h: stack([a, b])} for more."""
+        out = {}
+        for s in self.cell.states:
+            arrs = [per_layer[n] for n in self.layer_names(s)]
+            out[s] = arrs[0] if self.layers == 1 else np.stack(arrs)
+        return out
+
+    # ------------------------------------------------------------ checks
+    def check_xs(self, xs) -> np.ndarray:
+        xs = np.asarray(xs)
+        if xs.ndim != 3:
+            raise ShapeError(f"xs must be (batch, time, features) = (B, T, {self.input_size}), "
+                             f"got shape {xs.shape}")
+        if xs.shape[1] == 0:
+            raise ShapeError("xs has T = 0 time steps; a sequence needs at least one")
+        if xs.shape[0] == 0:
+            raise ShapeError("xs has an empty batch (B = 0)")
+        if xs.shape[2] != self.input_size:
+            raise ShapeError(f"xs has {xs.shape[2]} features per step but the model takes "
+                             f"{self.input_size}: expected (B, T, {self.input_size}), got "
+                             f"{xs.shape}")
+        self.check_dtype("xs", xs)
+        if not np.all(np.isfinite(xs)):
+            raise ValueError("xs holds NaN or inf values")
+        return xs
+
+    def check_dtype(self, what, a):
+        if a.dtype != self.dtype:
+            raise DTypeError(f"{what} is {a.dtype} but the model is {self.dtype}; unroll never "
+                             f"casts silently: pass {what}.astype(np.{self.dtype})")
+
+    def initial_env(self, un: Unrolled, B: int, initial_state) -> dict[str, np.ndarray]:
+        """Values for every ``@init`` input: zeros unless ``initial_state`` gives them."""
+        env = {}
+        given = dict(initial_state or {})
+        unknown = set(given) - set(self.cell.states)
+        if unknown:
+            raise ValueError(f"initial_state names {sorted(unknown)}; the cell's states are "
+                             f"{list(self.cell.states)}")
+        for s, arr in given.items():
+            arr = np.asarray(arr)
+            H = self.cell.states[s]
+            want = (B, H) if self.layers == 1 else (self.layers, B, H)
+            if arr.shape != want:
+                raise ShapeError(f"initial_state['{s}'] must be {want}, got {arr.shape}")
+            self.check_dtype(f"initial_state['{s}']", arr)
+            for k, name in enumerate(self.layer_names(s)):
+                env[f"{name}@init"] = arr if self.layers == 1 else arr[k]
+        for name, v in un.init.items():
+            key = f"{name}@init"
+            if key not in env:
+                env[key] = np.zeros((B,) + tuple(v.shape[1:]), self.dtype)
+        return env
+
+    # ------------------------------------------------------------ running
+    def program(self, steps: int, **kw) -> tuple[Program, Unrolled]:
+        """The unrolled program for ``steps`` (cached), with the loss if ``loss`` is given."""
+        key = (steps,) + tuple(sorted(kw.items()))
+        if key not in self._programs:
+            from .losses import add_loss
+
+            loss, at = kw.pop("loss", None), kw.pop("at", "all")
+            un = unroll(self.full, steps, dtype=self.dtype, **kw)
+            prog = un.program if loss is None else add_loss(un, loss, at)
+            if len(self._programs) > 16:
+                self._programs.clear()
+            self._programs[key] = (prog, un)
+        return self._programs[key]
+
+    def feed(self, un: Unrolled, xs: np.ndarray, initial_state=None, mask=None) -> dict:
+        env = dict(self.params)
+        (x,) = self.full.inputs
+        for t in range(xs.shape[1]):
+            env[f"{x}@{t}"] = xs[:, t]
+        env.update(self.initial_env(un, xs.shape[0], initial_state))
+        if mask is not None:
+            for t in range(xs.shape[1]):
+                env[f"mask@{t}"] = mask[:, t, None]
+        return env
+
+    def forward(self, xs, initial_state=None, mask=None, executor: str = "compiled"):
+        """Run the model: xs (B, T, I) -> ys (B, T, O) and the final state of every layer."""
+        xs = self.check_xs(xs)
+        mask = check_mask(mask, xs.shape[:2], self.dtype)
+        prog, un = self.program(xs.shape[1], masked=mask is not None)
+        vals = EXECUTORS[executor].forward(prog, self.feed(un, xs, initial_state, mask))
+        ys = np.stack([vals[v.name] for v in un.outputs()], axis=1)
+        last = {n: vals[un.values[n][-1].name] for s in self.cell.states
+                for n in self.layer_names(s)}
+        return ys, self.split_layers(last)
+
+    __call__ = forward
+
+
+def check_mask(mask, bt, dtype):
+    if mask is None:
+        return None
+    mask = np.asarray(mask)
+    if mask.shape != tuple(bt):
+        raise ShapeError(f"mask must be (B, T) = {tuple(bt)}, got {mask.shape}")
+    if not np.all((mask == 0) | (mask == 1)):
+        raise ValueError("mask must hold only 0 and 1")
+    if not mask.any():
+        raise ValueError("mask is all zeros: no step would count")
+    return mask.astype(dtype)
