@@ -59,7 +59,7 @@ class Unrolled:
         and ``kind`` map each back to the folded cell."""
         g = self.program.graph()
         kinds = dict(self.cell.graph.nodes(data="kind"))
-        for name, data in g.nodes(data=True):
+        for _, data in g.nodes(data=True):
             v = data["var"]
             data["cell_node"], data["step"] = v.node, v.step
             data["kind"] = ("init" if v.step == -1 else kinds.get(v.node, "loss")

@@ -108,9 +108,11 @@ def test_error_bad_delay(delay, what):
 
 
 def test_error_shape_conflict_shows_both_shapes():
-    with pytest.raises(CellError, match=r"shape conflict in 'h': mul of h\[t-1\] \[4\] and x \[3\]"):
+    conflict = r"shape conflict in 'h': mul of h\[t-1\] \[4\] and x \[3\]"
+    with pytest.raises(CellError, match=conflict):
         make("h = tanh(U @ h[t-1] + h[t-1] * x)", states={"h": 4})
-    with pytest.raises(CellError, match=r"'h' is declared with size 4 but its equation gives \[3\]"):
+    declared = r"'h' is declared with size 4 but its equation gives \[3\]"
+    with pytest.raises(CellError, match=declared):
         make("h = tanh(U @ h[t-1]) + x", states={"h": 4})
 
 
