@@ -202,12 +202,14 @@ def interpret(prog: Program, env: dict[str, np.ndarray], keep: bool = True) -> d
 
 
 def backward(prog: Program, values: dict, seeds: dict[str, np.ndarray],
-             on_adjoint: Callable[[Var, np.ndarray], None] | None = None) -> dict:
+             on_adjoint: Callable[[Var, np.ndarray], None] | None = None,
+             on_cotangent: Callable[[Eqn, int, np.ndarray], None] | None = None) -> dict:
     """Reverse mode over a program: cotangents of every variable reached from ``seeds``.
 
     ``values`` holds every variable (``interpret(..., keep=True)``). Variables used
     many times (shared parameters) get the sum of their uses' cotangents.
-    ``on_adjoint(var, adj)`` sees each variable's final cotangent once.
+    ``on_adjoint(var, adj)`` sees each variable's final cotangent once;
+    ``on_cotangent(eqn, i, c)`` sees each single contribution to input i of eqn.
     """
     adj: dict[str, np.ndarray] = {k: np.asarray(v) for k, v in seeds.items()}
     for e in reversed(prog.eqns):
@@ -218,10 +220,12 @@ def backward(prog: Program, values: dict, seeds: dict[str, np.ndarray],
             on_adjoint(e.out, g)
         args = [values[a.name] if isinstance(a, Var) else _lit(a, e.out.dtype) for a in e.inputs]
         cots = OPS[e.op].vjp(g, values[e.out.name], *args, **e.kwargs)
-        for a, x, c in zip(e.inputs, args, cots):
+        for i, (a, x, c) in enumerate(zip(e.inputs, args, cots)):
             if c is None or not isinstance(a, Var):
                 continue
             c = unbroadcast(np.asarray(c), x.shape)
+            if on_cotangent is not None:
+                on_cotangent(e, i, c)
             prev = adj.get(a.name)
             adj[a.name] = c if prev is None else prev + c
     if on_adjoint is not None:

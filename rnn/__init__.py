@@ -7,7 +7,7 @@
 True
 """
 
-from . import cells, interop, optim
+from . import cells, interop, optim, tasks
 from .bptt import BPTTResult, bptt
 from .builder import CellBuilder
 from .cell import Cell
@@ -16,4 +16,4 @@ from .train import History, fit
 from .unroll import Unrolled, unroll
 
 __all__ = ["BPTTResult", "Cell", "CellBuilder", "History", "Model", "Unrolled", "bptt", "cells",
-           "fit", "interop", "optim", "unroll"]
+           "fit", "interop", "optim", "tasks", "unroll"]

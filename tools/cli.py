@@ -1,0 +1,287 @@
+"""The ``unroll`` command line. User mistakes are one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+
+EXAMPLES = {
+    "demo": "unroll demo                  # airline passengers: baselines vs RNNs, writes out/",
+    "render": "unroll render lstm -o out/lstm.svg\n"
+              "  unroll render gru --steps 4 -o out/gru_unrolled.png\n"
+              "  unroll render elman --steps 40 --grad -o out/elman_grad.svg",
+    "trace": "unroll trace elman --steps 3 --hidden-size 2",
+    "gradcheck": "unroll gradcheck my_cell.cell --steps 5",
+    "train": "unroll train adding --cell lstm --steps 30 --epochs 20",
+    "bench": "unroll bench --quick",
+}
+
+
+class UserError(Exception):
+    """A mistake in what the user asked for: reported in one line, no traceback."""
+
+
+# ------------------------------------------------------------------ resolving CELL
+def load_cell(spec: str, input_size: int, hidden_size: int, inputs=None, states=None):
+    """CELL: a built-in name, a .cell file of equations, or module:attr."""
+    import rnn
+
+    if spec in rnn.cells.BUILTINS:
+        return rnn.cells.BUILTINS[spec](input_size, hidden_size)
+    if spec.endswith(".cell") or os.path.isfile(spec):
+        path = Path(spec)
+        if not path.is_file():
+            raise UserError(f"cell file '{spec}' does not exist")
+        text = path.read_text()
+        head = {k: v for k, v in re.findall(r"^#\s*(inputs|states|sizes|outputs):\s*(.+)$",
+                                              text, re.M)}
+        ins = inputs or _sizes(head.get("inputs")) or {"x": input_size}
+        sts = states or _sizes(head.get("states"))
+        sizes = _sizes(head.get("sizes"))
+        outs = [o.strip() for o in head["outputs"].split(",")] if "outputs" in head else None
+        return rnn.Cell.from_equations(text, inputs=ins, states=sts, sizes=sizes, outputs=outs)
+    if ":" in spec:
+        mod, _, attr = spec.partition(":")
+        sys.path.insert(0, os.getcwd())
+        try:
+            obj = getattr(importlib.import_module(mod), attr)
+        except (ImportError, AttributeError) as e:
+            raise UserError(f"cannot load '{spec}': {e}") from None
+        if callable(obj) and not isinstance(obj, (rnn.Cell, rnn.Model)):
+            obj = obj(input_size, hidden_size)
+        if isinstance(obj, (rnn.Cell, rnn.Model)):
+            return obj
+        raise UserError(f"'{spec}' is a {type(obj).__name__}, expected a rnn.Cell or rnn.Model")
+    raise UserError(f"unknown cell '{spec}': expected a built-in "
+                    f"({', '.join(sorted(rnn.cells.BUILTINS))}), a .cell file, or module:attr")
+
+
+def _sizes(text: str | None) -> dict[str, int]:
+    out = {}
+    for part in (text or "").replace(",", " ").split():
+        name, eq, n = part.partition("=")
+        if not eq or not n.isdigit():
+            raise UserError(f"sizes are written name=int, got '{part}'")
+        out[name] = int(n)
+    return out
+
+
+def _model(args, head: int | None = 1):
+    import rnn
+
+    obj = load_cell(args.cell, args.input_size, args.hidden_size, _sizes(args.inputs) or None,
+                    _sizes(args.states) or None)
+    if isinstance(obj, rnn.Model):
+        return obj
+    return rnn.Model(obj, layers=args.layers, head=head, seed=args.seed)
+
+
+def _data(model, steps: int, batch: int, seed: int):
+    rng = np.random.default_rng(seed)
+    xs = rng.standard_normal((batch, steps, model.input_size))
+    ys = rng.standard_normal((batch, steps, model.output_size)) * 0.5
+    return xs, ys
+
+
+# ------------------------------------------------------------------ commands
+def cmd_demo(args):
+    from . import demo
+
+    demo.run(args.out, quiet=args.quiet, epochs=args.epochs)
+
+
+def cmd_render(args):
+    from . import render
+
+    out = Path(args.output or f"out/{Path(args.cell).stem.replace(':', '_')}"
+               f"{'-grad' if args.grad else '-unrolled' if args.steps else ''}.svg")
+    if args.grad:
+        model = _model(args)
+        steps = args.steps or 30
+        xs, ys = _data(model, steps, 4, args.seed)
+        g = render.gradients(model, xs, ys[:, -1], at="last", truncate=args.truncate,
+                             compact=args.compact)
+    elif args.steps:
+        target = _model(args, head=None) if args.layers > 1 else load_cell(
+            args.cell, args.input_size, args.hidden_size, _sizes(args.inputs) or None,
+            _sizes(args.states) or None)
+        g = render.unrolled(target, steps=args.steps, compact=args.compact)
+    else:
+        cell = load_cell(args.cell, args.input_size, args.hidden_size,
+                         _sizes(args.inputs) or None, _sizes(args.states) or None)
+        g = render.cell(cell)
+    print(render.save(g, out))
+
+
+def cmd_trace(args):
+    from .trace import trace
+
+    model = _model(args)
+    xs, ys = _data(model, args.steps, args.batch, args.seed)
+    print(trace(model, xs, ys, show_temps=args.temps))
+
+
+def cmd_gradcheck(args):
+    from .gradcheck import check_bptt
+
+    model = _model(args, head=2)
+    xs, ys = _data(model, args.steps, 2, args.seed)
+    res = check_bptt(model, xs, ys, raise_on_fail=False, truncate=args.truncate)
+    print(f"gradcheck {args.cell}: T={args.steps}, {len(model.params)} parameters + initial "
+          f"states, float64, central differences eps 1e-6 and a VJP/JVP projection")
+    print(res)
+    return 0 if res.ok else 1
+
+
+def cmd_train(args):
+    import rnn
+
+    task = args.task
+    if task == "airline":
+        from . import demo
+
+        y = rnn.tasks.airline()[1]
+        split = int(len(y) * 0.67)
+        g = demo.GrowthRNN(y, args.cell if args.cell in rnn.cells.BUILTINS else "gru",
+                           args.hidden_size, epochs=args.epochs)
+        g.fit(np.arange(demo.SEASON + 1, split), progress=True)
+        test = np.arange(split, len(y))
+        print(f"airline next-month test RMSE: {demo.rmse(g.predict(test), y[test]):.2f} "
+              f"thousand passengers")
+        return 0
+    makers = {"adding": lambda n, s: rnn.tasks.adding(n, args.steps, seed=s),
+              "copy": lambda n, s: rnn.tasks.copy_memory(n, args.steps, seed=s),
+              "sine": lambda n, s: rnn.tasks.sine(n, args.steps, seed=s)}
+    if task not in makers:
+        raise UserError(f"unknown task '{task}': choose airline, adding, copy or sine")
+    xs, ys = makers[task](args.samples, args.seed)
+    vx, vy = makers[task](max(args.samples // 4, 8), args.seed + 1)
+    loss, at = {"adding": ("mse", "last"), "copy": ("cross_entropy", "all"),
+                "sine": ("mse", "all")}[task]
+    out_size = xs.shape[-1] if task == "copy" else 1
+    args.input_size = xs.shape[-1]
+    obj = load_cell(args.cell, args.input_size, args.hidden_size)
+    model = obj if isinstance(obj, rnn.Model) else rnn.Model(obj, layers=args.layers,
+                                                             head=out_size, seed=args.seed)
+    print(f"training {model} on {task} (T={xs.shape[1]}, {len(xs)} sequences)")
+    hist = rnn.fit(model, xs, ys, loss=loss, at=at, epochs=args.epochs,
+                   batch_size=args.batch_size, clip_norm=1.0, truncate=args.truncate,
+                   optimizer=rnn.optim.Adam(lr=args.lr), validation=(vx, vy), seed=args.seed)
+    base = {"adding": "predicting the mean gives 0.167", "sine": "", "copy":
+            f"guessing blanks gives {np.log(8) * 5 / xs.shape[1]:.3f}"}[task]
+    print(f"final loss: train {hist.losses[-1]:.4f}, validation {hist.val_losses[-1]:.4f}"
+          f"{' (' + base + ')' if base else ''}; {hist.seconds:.1f}s")
+    return 0
+
+
+def cmd_bench(args):
+    from . import bench
+
+    bench.main(quick=args.quick, only=args.only, dtype=args.dtype)
+
+
+# ------------------------------------------------------------------ parser
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="unroll", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Recurrent cells as equations, unrolled into programs: see A -> A "
+                    "become A -> B, and the gradient flow back through time.",
+        epilog="CELL is a built-in (elman, jordan, lstm, gru, gru_classic, peephole_lstm), "
+               "a .cell file of equations (with '# inputs: x=1' / '# states: h=8' lines), "
+               "or module:attr.\nexamples:\n  " + "\n  ".join(EXAMPLES.values()))
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add(name, help_):
+        sp = sub.add_parser(name, help=help_, description=help_,
+                            epilog="example:\n  " + EXAMPLES[name],
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+        return sp
+
+    def cell_args(sp, cell=True):
+        if cell:
+            sp.add_argument("cell", metavar="CELL")
+        sp.add_argument("--input-size", type=int, default=1)
+        sp.add_argument("--hidden-size", type=int, default=8)
+        sp.add_argument("--inputs", help="input sizes for a .cell file, e.g. x=3")
+        sp.add_argument("--states", help="state sizes for a .cell file, e.g. h=16,c=16")
+        sp.add_argument("--layers", type=int, default=1)
+        sp.add_argument("--seed", type=int, default=0)
+
+    sp = add("demo", "train on the embedded airline data, print a results table, write out/")
+    sp.add_argument("--out", default="out")
+    sp.add_argument("--epochs", type=int, default=150)
+    sp.add_argument("--quiet", action="store_true")
+    sp.set_defaults(func=cmd_demo)
+
+    sp = add("render", "draw the folded cell, the unrolled graph (--steps), or the gradient "
+                       "flow after BPTT (--grad)")
+    cell_args(sp)
+    sp.add_argument("--steps", type=int, default=0)
+    sp.add_argument("--grad", action="store_true")
+    sp.add_argument("--compact", action="store_true", default=None,
+                    help="one node per step (default when steps > 12)")
+    sp.add_argument("--truncate", type=int, default=None)
+    sp.add_argument("-o", "--output", help="FILE.svg, .png or .dot (default out/CELL.svg)")
+    sp.set_defaults(func=cmd_render)
+
+    sp = add("trace", "forward values and backward adjoints, step by step")
+    cell_args(sp)
+    sp.add_argument("--steps", type=int, required=True)
+    sp.add_argument("--batch", type=int, default=1)
+    sp.add_argument("--temps", action="store_true", help="show intermediate nodes too")
+    sp.set_defaults(func=cmd_trace)
+
+    sp = add("gradcheck", "BPTT against finite differences in float64")
+    cell_args(sp)
+    sp.add_argument("--steps", type=int, default=4)
+    sp.add_argument("--truncate", type=int, default=None)
+    sp.set_defaults(func=cmd_gradcheck)
+
+    sp = add("train", "train a cell on a task: airline, adding, copy, sine")
+    sp.add_argument("task", metavar="TASK")
+    sp.add_argument("--cell", default="lstm")
+    cell_args(sp, cell=False)
+    sp.add_argument("--steps", type=int, default=20, help="sequence length (lag for copy)")
+    sp.add_argument("--samples", type=int, default=256)
+    sp.add_argument("--epochs", type=int, default=20)
+    sp.add_argument("--batch-size", type=int, default=32)
+    sp.add_argument("--lr", type=float, default=1e-2)
+    sp.add_argument("--truncate", type=int, default=None)
+    sp.set_defaults(func=cmd_train)
+
+    sp = add("bench", "time a BPTT training step against PyTorch, JAX and numpy, side by side")
+    sp.add_argument("--quick", action="store_true", help="the small workloads only")
+    sp.add_argument("--only", default="", help="comma-separated workload names")
+    sp.add_argument("--dtype", default="float32")
+    sp.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv=None) -> int:
+    from engine.errors import UnrollError
+
+    p = parser()
+    args = p.parse_args(argv)
+    if not getattr(args, "command", None):
+        p.print_help()
+        return 2
+    try:
+        return args.func(args) or 0
+    except (UserError, UnrollError, ValueError, TypeError, FileNotFoundError) as e:
+        if os.environ.get("UNROLL_DEBUG"):
+            raise
+        print(f"unroll {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

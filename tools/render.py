@@ -1,0 +1,369 @@
+"""Pictures of cells with graphviz: the folded cell, the unrolled graph, gradient flow.
+
+Every function returns a ``graphviz.Digraph`` (it shows inline in Jupyter); ``save``
+writes it as SVG, PNG or DOT. Layout needs Graphviz's ``dot``: the system one when it
+is on PATH, otherwise the dot-compatible binary of the ``graphviz-pure`` wheel that
+unroll depends on (see ``ensure_dot``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import sysconfig
+import tempfile
+from pathlib import Path
+
+import graphviz
+import numpy as np
+
+from engine.errors import UnrollError
+
+OP_LABEL = {"add": "+", "sub": "-", "mul": "*", "div": "/", "neg": "-", "matvec": "@",
+            "pow": "^", "slice": "split", "copy": "=", "stop_gradient": "cut", "concat": "concat",
+            "stack": "stack", "sum": "sum", "mean": "mean"}
+COLORS = {"input": "#d9f2d9", "param": "#fff5cc", "state": "#cfe2ff", "var": "#eeeeee",
+          "init": "#e8e0f5", "loss": "#ffd6d6", "op": "white"}
+FONT = "Helvetica"
+
+
+class RenderError(UnrollError, RuntimeError):
+    """No way to lay out a graph, or an unknown output format."""
+
+
+# ------------------------------------------------------------------ finding dot
+def ensure_dot() -> str:
+    """Path of a ``dot`` on PATH; puts graphviz-pure's binary there under that name if the
+    system has none. Raises RenderError when neither exists."""
+    found = shutil.which("dot")
+    if found:
+        return found
+    candidates = [shutil.which("graphviz-pure"),
+                  os.path.join(sysconfig.get_path("scripts"), "graphviz-pure")]
+    pure = next((c for c in candidates if c and os.path.exists(c)), None)
+    if pure is None:
+        raise RenderError("Graphviz 'dot' was not found: `pip install graphviz-pure` (a "
+                          "dot-compatible binary) or `apt-get install graphviz`")
+    shim = Path(tempfile.gettempdir()) / f"unroll-dot-{os.getuid()}"
+    shim.mkdir(exist_ok=True)
+    link = shim / "dot"
+    if not link.exists():
+        try:
+            link.symlink_to(pure)
+        except FileExistsError:  # another process made it first
+            pass
+    os.environ["PATH"] = f"{shim}{os.pathsep}{os.environ.get('PATH', '')}"
+    return str(link)
+
+
+def save(graph: graphviz.Digraph, path: str | os.PathLike) -> Path:
+    """Write ``graph`` to ``path``; the suffix picks the format (.svg, .png, .dot, .gv)."""
+    path = Path(path)
+    fmt = path.suffix.lower().lstrip(".")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if fmt in ("dot", "gv"):
+        path.write_text(graph.source)
+        return path
+    if fmt not in ("svg", "png", "pdf"):
+        raise RenderError(f"cannot write '{path.name}': use a .svg, .png, .pdf or .dot file")
+    ensure_dot()
+    path.write_bytes(graph.pipe(format=fmt))
+    return path
+
+
+def _digraph(name: str, rankdir: str = "LR", **attrs) -> graphviz.Digraph:
+    g = graphviz.Digraph(name)
+    g.attr(rankdir=rankdir, fontname=FONT, newrank="true", **attrs)
+    g.attr("node", fontname=FONT, fontsize="11", style="filled", fillcolor="white")
+    g.attr("edge", fontname=FONT, fontsize="9", arrowsize="0.6")
+    return g
+
+
+def _fmt(shape) -> str:
+    return "[" + ",".join(map(str, shape)) + "]"
+
+
+def _node_style(kind: str, name: str, op: str | None, shape, compact_ops: bool = True) -> dict:
+    tip = f"{name} {_fmt(shape)}" + (f" = {op}" if op else "")
+    if kind == "input":
+        return dict(label=f"{name}\n{_fmt(shape)}", shape="box", style="rounded,filled",
+                    fillcolor=COLORS["input"], tooltip=tip)
+    if kind == "param":
+        return dict(label=f"{name}\n{_fmt(shape)}", shape="box", fillcolor=COLORS["param"],
+                    fontsize="10", tooltip=tip)
+    if kind in ("state", "var"):
+        return dict(label=f"{name}\n{OP_LABEL.get(op, op)} {_fmt(shape)}", shape="ellipse",
+                    fillcolor=COLORS[kind], penwidth="1.5", tooltip=tip)
+    label = OP_LABEL.get(op, op) if compact_ops else f"{name}\n{op}"
+    return dict(label=label, shape="circle" if len(label) <= 2 else "ellipse", width="0.3",
+                height="0.3", fixedsize="false", margin="0.02", fontsize="10", tooltip=tip)
+
+
+# ------------------------------------------------------------------ the folded cell
+def cell(cell, title: str | None = None) -> graphviz.Digraph:
+    """The folded cell: inputs, parameters, operations, states; the recurrent (delay)
+    edges dashed red and labelled ``t-1`` (or ``t-k``). Shapes in labels and on hover."""
+    cell = getattr(cell, "cell", cell)
+    g = _digraph("cell", rankdir="LR", label=title or "folded cell: A -> A", labelloc="t")
+    for name, data in cell.graph.nodes(data=True):
+        style = _node_style(data["kind"], name, data["op"], data["shape"])
+        if data.get("output"):
+            style["peripheries"] = "2"
+        g.node(name, **style)
+    for u, v, data in cell.graph.edges(data=True):
+        k = data["delay"]
+        if k:
+            g.edge(u, v, label=f"t-{k}", style="dashed", color="crimson", fontcolor="crimson",
+                   penwidth="1.6", constraint="false")
+        else:
+            kind = cell.graph.nodes[u]["kind"]
+            g.edge(u, v, color="#b8a000" if kind == "param" else "black")
+    _legend(g, ["dashed red: a delay edge, the value from an earlier step",
+                "yellow: parameters, blue: states, green: inputs"])
+    return g
+
+
+def _legend(g, lines):
+    g.node("legend", label="\\l".join(lines) + "\\l", shape="note", fontsize="9",
+           fillcolor="#fafafa", color="#999999")
+
+
+# ------------------------------------------------------------------ the unrolled graph
+def _target(model_or_cell):
+    from rnn.model import Model
+
+    if isinstance(model_or_cell, Model):
+        return model_or_cell, model_or_cell.full, model_or_cell.layers
+    return None, getattr(model_or_cell, "full", model_or_cell), 1
+
+
+def _layer_of(node: str | None) -> int:
+    if node and "_l" in node:
+        tail = node.rsplit("_l", 1)[1].split(".")[0]
+        if tail.isdigit():
+            return int(tail)
+    return 0
+
+
+def unrolled(cell_or_model, steps: int = 4, compact: bool | None = None,
+             loss: bool = True, norms: dict | None = None, cut_steps=(),
+             title: str | None = None) -> graphviz.Digraph:
+    """The unrolled graph, A -> B: one cluster per time step, left to right; parameters
+    drawn once with their tied edges into every step; initial states; the loss.
+
+    ``compact`` (default for steps > 12) draws each step (and layer) as one node, so
+    T = 200 stays readable; stacked layers form a time x depth grid.
+    """
+    import rnn
+
+    _, full, layers = _target(cell_or_model)
+    compact = steps > 12 if compact is None else compact
+    if compact:
+        return _compact(full, steps, layers, loss, norms, cut_steps, title)
+    un = rnn.unroll(full, steps)
+    prog = un.program
+    if loss:
+        from rnn.losses import add_loss
+
+        prog = add_loss(un, "mse", "all")
+    return _full(un, prog, norms, title)
+
+
+def _full(un, prog, adj_norms, title):
+    kinds = dict(un.cell.graph.nodes(data="kind"))
+    g = _digraph("unrolled", rankdir="LR", compound="true", nodesep="0.15", ranksep="0.3",
+                 label=title or f"unrolled over {un.steps} steps: A -> B (weights tied)",
+                 labelloc="t")
+    scale = _scale(adj_norms)
+    var_of = {v.name: v for v in prog.inputs}
+    var_of.update({e.out.name: e.out for e in prog.eqns})
+    cut_src = {e.out.name: e.inputs[0].name for e in prog.eqns if e.op == "stop_gradient"}
+    loss_vars = {n for n, v in var_of.items() if v.node is None or v.node == "mask"}
+    clusters = {t: graphviz.Digraph(f"cluster_{t}") for t in range(un.steps)}
+    for t, c in clusters.items():
+        c.attr(label=f"t = {t}", style="rounded", color="#888888", fontsize="12")
+    init = graphviz.Digraph("cluster_init")
+    init.attr(label="initial state", style="rounded,dashed", color="#888888")
+    ops = {e.out.name: e.op for e in prog.eqns}
+    for name, v in var_of.items():
+        if name in cut_src or name in loss_vars:
+            continue
+        if v.step is None:
+            kind = "param"
+        elif v.step == -1:
+            kind = "init"
+        else:
+            kind = kinds.get(v.node, "op")
+            if kind in ("state", "var") and name != f"{v.node}@{v.step}":
+                kind = "op"  # the masked blend's helpers
+        style = _node_style(kind if kind != "init" else "input", name, ops.get(name), v.shape)
+        if kind == "init":
+            style["fillcolor"] = COLORS["init"]
+        if kind in ("state", "var"):
+            style["label"] = f"{name}\n{OP_LABEL.get(ops.get(name), ops.get(name))}"
+        if adj_norms is not None and name in adj_norms:
+            style["xlabel"] = f"{adj_norms[name]:.1e}"
+            style["fontcolor"] = "black"
+        where = g if kind == "param" else init if kind == "init" else clusters[v.step]
+        where.node(name, **style)
+    if loss_vars:
+        g.node("loss", label="loss\nL = sum_t loss(y_t, target_t)", shape="box", style="filled",
+               fillcolor=COLORS["loss"])
+    for c in list(clusters.values()) + [init]:
+        g.subgraph(c)
+    seen_loss = set()
+    for e in prog.eqns:
+        if e.out.name in cut_src:
+            continue
+        dst = "loss" if e.out.name in loss_vars else e.out.name
+        for a in e.inputs:
+            if not hasattr(a, "name") or a.name in loss_vars:
+                continue
+            src, cut = (cut_src[a.name], True) if a.name in cut_src else (a.name, False)
+            if dst == "loss":
+                if (src, dst) in seen_loss:
+                    continue
+                seen_loss.add((src, dst))
+            attrs = _edge_style(var_of[src], var_of.get(dst), scale,
+                                adj_norms.get(dst if dst != "loss" else "loss")
+                                if adj_norms else None)
+            if cut:
+                attrs.update(style="dashed", color="#999999", label="cut", penwidth="1",
+                             fontcolor="#777777")
+            g.edge(src, dst, **attrs)
+    for t in range(1, un.steps):  # steps march left to right: step t starts after t-1
+        last = un.values[un.cell.outputs[0]][t - 1].name
+        for vs in un.xs.values():
+            g.edge(last, vs[t].name, style="invis", weight="5")
+    lines = ["one box per step t; yellow parameters are shared by every step",
+             "(their gradients are summed over steps)"]
+    if adj_norms is not None:
+        lines.append("edge colour and width: ||dL/d value|| of the value it feeds (log scale)")
+    _legend(g, lines)
+    return g
+
+
+def _scale(norms):
+    if not norms:
+        return None
+    vals = [v for v in norms.values() if v > 0 and math.isfinite(v)]
+    if not vals:
+        return None
+    return math.log10(max(vals))
+
+
+def _heat(norm, top, decades=6.0):
+    """(colour, penwidth) for a gradient norm, on a log scale below the largest one."""
+    if norm is None or top is None or not norm > 0:
+        return "#dddddd", "0.6"
+    x = max(0.0, 1 + (math.log10(norm) - top) / decades)  # 1 at the max, 0 six decades below
+    r, gch, b = int(220 * x + 221 * (1 - x)), int(40 * x + 221 * (1 - x)), int(40 * x + 221 * (1 - x))
+    return f"#{r:02x}{gch:02x}{b:02x}", f"{0.6 + 4.4 * x:.2f}"
+
+
+def _edge_style(src, dst, top, norm):
+    if src.step is None:  # a shared parameter: a tied edge
+        return {"color": "#c9b458", "penwidth": "0.7"}
+    if top is not None:
+        color, width = _heat(norm, top)
+        return {"color": color, "penwidth": width}
+    if dst is not None and src.step is not None and dst.step is not None and src.step != dst.step:
+        return {"color": "crimson", "penwidth": "1.6"}  # the A -> B edge between steps
+    return {}
+
+
+def _compact(full, steps, layers, loss, norms, cut_steps, title):
+    """One node per (step, layer); state edges between steps; wraps long single-layer
+    unrolls into rows of 25 steps."""
+    states = list(full.states)
+    per_layer = {k: [s for s in states if _layer_of(s) == k] for k in range(layers)}
+    wrap = 25 if layers == 1 and steps > 25 else steps
+    g = _digraph("unrolled", rankdir="TB" if wrap < steps else "LR", nodesep="0.12",
+                 ranksep="0.35", label=title or f"unrolled over {steps} steps (one node per "
+                 f"step{' and layer' if layers > 1 else ''})", labelloc="t")
+    top = None
+    if norms is not None:
+        top = _scale({f"{s}@{t}": norms[s][t] for s in states for t in range(steps)})
+    names = lambda k: ", ".join(s.rsplit("_l", 1)[0] for s in per_layer[k])  # noqa: E731
+    g.node("params", label="parameters\n(shared by every step)", shape="box",
+           fillcolor=COLORS["param"])
+    g.node("init", label=f"initial\n{names(0)}", shape="box", fillcolor=COLORS["init"])
+    for t in range(steps):
+        for k in range(layers):
+            nid = f"s{t}_{k}"
+            label = f"t={t}" + (f"\nl{k}" if layers > 1 else "")
+            style = dict(label=label, shape="box", style="rounded,filled", fillcolor=COLORS["state"],
+                         fontsize="9", margin="0.04", width="0.3", height="0.3",
+                         tooltip=f"step {t}, layer {k}: {names(k)}")
+            if norms is not None:
+                n = max(norms[s][t] for s in per_layer[k])
+                style["fillcolor"], _ = _heat(n, top)
+                style["label"] += f"\n{n:.0e}"
+            g.node(nid, **style)
+    for t in range(steps):
+        column = graphviz.Digraph()  # a step's layers share a rank: the time x depth grid
+        column.attr(rank="same")
+        if wrap < steps and t % wrap == 0:  # a new row: left-aligned under the previous
+            for j in range(t, min(t + wrap, steps)):
+                column.node(f"s{j}_0")
+            if t > 0:
+                g.edge(f"s{t - wrap}_0", f"s{t}_0", style="invis", weight="10")
+        elif wrap == steps and layers > 1:
+            for k in range(layers):
+                column.node(f"s{t}_{k}")
+        g.subgraph(column)
+        for k in range(layers):
+            if k > 0:
+                g.edge(f"s{t}_{k - 1}", f"s{t}_{k}", color="#555555", constraint="false")
+            if t == 0 and k > 0:
+                continue
+            src = "init" if t == 0 else f"s{t - 1}_{k}"
+            attrs = {}
+            if norms is not None and t > 0:
+                c, w = _heat(max(norms[s][t - 1] for s in per_layer[k]), top)
+                attrs = {"color": c, "penwidth": w}
+            if t in cut_steps:
+                attrs.update(style="dashed", color="#999999", label="cut")
+            if wrap < steps and t % wrap == 0 and t > 0:
+                attrs["constraint"] = "false"
+            g.edge(src, f"s{t}_{k}", **attrs)
+        if wrap == steps and layers == 1:
+            g.edge("params", f"s{t}_0", color="#c9b458", penwidth="0.5", arrowsize="0.3")
+    if wrap < steps:
+        g.edge("params", "s0_0", style="invis")
+        g.edge("init", "s0_0", style="invis")
+    if loss:
+        g.node("loss", label="loss", shape="box", fillcolor=COLORS["loss"])
+        g.edge(f"s{steps - 1}_{layers - 1}", "loss", style="dashed", color="#cc6666",
+               label="sum over steps" if steps > 1 else "")
+    return g
+
+
+# ------------------------------------------------------------------ gradient flow
+def gradients(model, xs, targets, loss: str = "mse", at: str = "all", truncate=None,
+              mask=None, initial_state=None, compact: bool | None = None,
+              title: str | None = None) -> graphviz.Digraph:
+    """The unrolled graph after BPTT: colour and width show ||dL/d value|| (log scale),
+    so vanishing and exploding gradients are seen; truncation shows as cut edges."""
+    import rnn
+
+    res = rnn.bptt(model, xs, targets, loss=loss, at=at, truncate=truncate, mask=mask,
+                   initial_state=initial_state, executor="reference", keep_adjoints=True)
+    T = np.asarray(xs).shape[1]
+    compact = T > 12 if compact is None else compact
+    k = truncate if isinstance(truncate, int) else (truncate[0] if truncate else None)
+    cuts = tuple(range(k, T, k)) if k else ()
+    title = title or (f"gradient flow: ||dL/d state|| per step (loss {res.loss:.3g}"
+                      f"{f', truncate={truncate}' if truncate else ''})")
+    if compact:
+        norms = {}
+        for s in model.full.states:
+            base, layer = s.rsplit("_l", 1)
+            arr = res.step_norms[base]
+            norms[s] = arr if model.layers == 1 else arr[int(layer)]
+        return _compact(model.full, T, model.layers, True, norms, cuts, title)
+    prog, un = model.program(T, loss=loss, at=at, masked=mask is not None,
+                             truncate=k if k and k < T else None)
+    adj = {n: float(np.linalg.norm(a)) for n, a in res.adjoints.items()}
+    return _full(un, prog, adj, title)
