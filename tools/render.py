@@ -258,8 +258,8 @@ def _heat(norm, top, decades=6.0):
     if norm is None or top is None or not norm > 0:
         return "#dddddd", "0.6"
     x = max(0.0, 1 + (math.log10(norm) - top) / decades)  # 1 at the max, 0 six decades below
-    r, gch, b = int(220 * x + 221 * (1 - x)), int(40 * x + 221 * (1 - x)), int(40 * x + 221 * (1 - x))
-    return f"#{r:02x}{gch:02x}{b:02x}", f"{0.6 + 4.4 * x:.2f}"
+    red, rest = int(220 * x + 221 * (1 - x)), int(40 * x + 221 * (1 - x))  # grey -> red
+    return f"#{red:02x}{rest:02x}{rest:02x}", f"{0.6 + 4.4 * x:.2f}"
 
 
 def _edge_style(src, dst, top, norm):
@@ -293,8 +293,9 @@ def _compact(full, steps, layers, loss, norms, cut_steps, title):
         for k in range(layers):
             nid = f"s{t}_{k}"
             label = f"t={t}" + (f"\nl{k}" if layers > 1 else "")
-            style = dict(label=label, shape="box", style="rounded,filled", fillcolor=COLORS["state"],
-                         fontsize="9", margin="0.04", width="0.3", height="0.3",
+            style = dict(label=label, shape="box", style="rounded,filled",
+                         fillcolor=COLORS["state"], fontsize="9", margin="0.04", width="0.3",
+                         height="0.3",
                          tooltip=f"step {t}, layer {k}: {names(k)}")
             if norms is not None:
                 n = max(norms[s][t] for s in per_layer[k])
