@@ -12,8 +12,9 @@ from .bptt import BPTTResult, bptt
 from .builder import CellBuilder
 from .cell import Cell
 from .model import Model
+from .seq2seq import Seq2Seq
 from .train import History, fit
 from .unroll import Unrolled, unroll
 
-__all__ = ["BPTTResult", "Cell", "CellBuilder", "History", "Model", "Unrolled", "bptt", "cells",
+__all__ = ["BPTTResult", "Cell", "CellBuilder", "History", "Model", "Seq2Seq", "Unrolled", "bptt", "cells",
            "fit", "interop", "optim", "tasks", "unroll"]

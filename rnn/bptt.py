@@ -49,6 +49,9 @@ def bptt(model: Model, xs, targets, loss: str = "mse", at: str = "all", initial_
          keep_adjoints: bool = False) -> BPTTResult:
     """Loss, parameter gradients, initial-state gradients and per-step state-gradient
     norms of ``model`` on one batch (see SPEC section 4 for every argument)."""
+    if not isinstance(model, Model):  # a composite (e.g. Seq2Seq) runs its own program
+        return model.bptt(xs, targets, loss=loss, at=at, executor=executor,
+                          initial_state=initial_state, truncate=truncate, mask=mask)
     if executor not in EXECUTORS:
         raise ValueError(f"executor must be one of {sorted(EXECUTORS)}, got {executor!r}")
     xs = model.check_xs(xs)
