@@ -1,11 +1,12 @@
 """Vanishing gradients, measured: the adding problem with a lag of up to T steps.
 
 At initialization, ||dL/dh_t|| (the gradient reaching step t from a loss at the last
-step) shrinks geometrically going back in an Elman network, and much less in the gated
-cells (the LSTM's forget-gate bias starts at 1, the usual practice). Then each cell trains on the same task: Elman stays at the "predict the mean"
-loss (1/6), LSTM and GRU learn to carry the two marked numbers across the sequence.
-Writes out/vanishing_gradients.png and gradient-flow SVGs.
-Run: python examples/vanishing_gradients.py [T]
+step) shrinks geometrically going back in an Elman network and in a GRU, much less in
+an LSTM whose forget-gate bias starts at 1 (the usual practice). Then each cell trains
+on the same task: Elman stays at the "predict the mean" loss (1/6); LSTM and GRU learn
+to carry the two marked numbers across the sequence (their gates can open, so the
+gradient stops vanishing once they do). Writes out/vanishing_gradients.png and
+gradient-flow SVGs.  Run: python examples/vanishing_gradients.py [T]
 """
 
 import sys

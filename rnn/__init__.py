@@ -16,5 +16,5 @@ from .seq2seq import Seq2Seq
 from .train import History, fit
 from .unroll import Unrolled, unroll
 
-__all__ = ["BPTTResult", "Cell", "CellBuilder", "History", "Model", "Seq2Seq", "Unrolled", "bptt", "cells",
-           "fit", "interop", "optim", "tasks", "unroll"]
+__all__ = ["BPTTResult", "Cell", "CellBuilder", "History", "Model", "Seq2Seq", "Unrolled",
+           "bptt", "cells", "fit", "interop", "optim", "tasks", "unroll"]
