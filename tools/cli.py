@@ -187,15 +187,30 @@ def cmd_bench(args):
 
 
 # ------------------------------------------------------------------ parser
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, no usage dump
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive int, got {text!r}")
+    return n
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="unroll", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Recurrent cells as equations, unrolled into programs: see A -> A "
                     "become A -> B, and the gradient flow back through time.",
         epilog="CELL is a built-in (elman, jordan, lstm, gru, gru_classic, peephole_lstm), "
                "a .cell file of equations (with '# inputs: x=1' / '# states: h=8' lines), "
                "or module:attr.\nexamples:\n  " + "\n  ".join(EXAMPLES.values()))
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     def add(name, help_):
         sp = sub.add_parser(name, help=help_, description=help_,
@@ -206,16 +221,16 @@ def parser() -> argparse.ArgumentParser:
     def cell_args(sp, cell=True):
         if cell:
             sp.add_argument("cell", metavar="CELL")
-        sp.add_argument("--input-size", type=int, default=1)
-        sp.add_argument("--hidden-size", type=int, default=8)
+        sp.add_argument("--input-size", type=positive, default=1)
+        sp.add_argument("--hidden-size", type=positive, default=8)
         sp.add_argument("--inputs", help="input sizes for a .cell file, e.g. x=3")
         sp.add_argument("--states", help="state sizes for a .cell file, e.g. h=16,c=16")
-        sp.add_argument("--layers", type=int, default=1)
+        sp.add_argument("--layers", type=positive, default=1)
         sp.add_argument("--seed", type=int, default=0)
 
     sp = add("demo", "train on the embedded airline data, print a results table, write out/")
     sp.add_argument("--out", default="out")
-    sp.add_argument("--epochs", type=int, default=150)
+    sp.add_argument("--epochs", type=positive, default=150)
     sp.add_argument("--quiet", action="store_true")
     sp.set_defaults(func=cmd_demo)
 
@@ -232,14 +247,14 @@ def parser() -> argparse.ArgumentParser:
 
     sp = add("trace", "forward values and backward adjoints, step by step")
     cell_args(sp)
-    sp.add_argument("--steps", type=int, required=True)
-    sp.add_argument("--batch", type=int, default=1)
+    sp.add_argument("--steps", type=positive, required=True)
+    sp.add_argument("--batch", type=positive, default=1)
     sp.add_argument("--temps", action="store_true", help="show intermediate nodes too")
     sp.set_defaults(func=cmd_trace)
 
     sp = add("gradcheck", "BPTT against finite differences in float64")
     cell_args(sp)
-    sp.add_argument("--steps", type=int, default=4)
+    sp.add_argument("--steps", type=positive, default=4)
     sp.add_argument("--truncate", type=int, default=None)
     sp.set_defaults(func=cmd_gradcheck)
 
@@ -247,10 +262,10 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("task", metavar="TASK")
     sp.add_argument("--cell", default="lstm")
     cell_args(sp, cell=False)
-    sp.add_argument("--steps", type=int, default=20, help="sequence length (lag for copy)")
-    sp.add_argument("--samples", type=int, default=256)
-    sp.add_argument("--epochs", type=int, default=20)
-    sp.add_argument("--batch-size", type=int, default=32)
+    sp.add_argument("--steps", type=positive, default=20, help="sequence length (lag for copy)")
+    sp.add_argument("--samples", type=positive, default=256)
+    sp.add_argument("--epochs", type=positive, default=20)
+    sp.add_argument("--batch-size", type=positive, default=32)
     sp.add_argument("--lr", type=float, default=1e-2)
     sp.add_argument("--truncate", type=int, default=None)
     sp.set_defaults(func=cmd_train)

@@ -186,6 +186,8 @@ def _full(un, prog, adj_norms, title):
     init = graphviz.Digraph("cluster_init")
     init.attr(label="initial state", style="rounded,dashed", color="#888888")
     ops = {e.out.name: e.op for e in prog.eqns}
+    layers = 1 + max((_layer_of(v.node) for v in var_of.values() if v.node), default=0)
+    sub: dict[tuple[int, int], graphviz.Digraph] = {}
     for name, v in var_of.items():
         if name in cut_src or name in loss_vars:
             continue
@@ -205,11 +207,22 @@ def _full(un, prog, adj_norms, title):
         if adj_norms is not None and name in adj_norms:
             style["xlabel"] = f"{adj_norms[name]:.1e}"
             style["fontcolor"] = "black"
-        where = g if kind == "param" else init if kind == "init" else clusters[v.step]
+        if kind == "param":
+            where = g
+        elif kind == "init":
+            where = init
+        elif "_l" in (v.node or "") and layers > 1:  # time x depth: a box per layer in a step
+            where = sub.setdefault((v.step, _layer_of(v.node)), graphviz.Digraph(
+                f"cluster_{v.step}_l{_layer_of(v.node)}"))
+        else:
+            where = clusters[v.step]
         where.node(name, **style)
     if loss_vars:
         g.node("loss", label="loss\nL = sum_t loss(y_t, target_t)", shape="box", style="filled",
                fillcolor=COLORS["loss"])
+    for (t, k), c in sorted(sub.items()):
+        c.attr(label=f"layer {k}", style="dotted", color="#aaaaaa", fontsize="9")
+        clusters[t].subgraph(c)
     for c in list(clusters.values()) + [init]:
         g.subgraph(c)
     seen_loss = set()
@@ -336,8 +349,9 @@ def _compact(full, steps, layers, loss, norms, cut_steps, title):
         g.edge("init", "s0_0", style="invis")
     if loss:
         g.node("loss", label="loss", shape="box", fillcolor=COLORS["loss"])
+        label = loss if isinstance(loss, str) else "sum over steps" if steps > 1 else ""
         g.edge(f"s{steps - 1}_{layers - 1}", "loss", style="dashed", color="#cc6666",
-               label="sum over steps" if steps > 1 else "")
+               label=label)
     return g
 
 
@@ -363,7 +377,8 @@ def gradients(model, xs, targets, loss: str = "mse", at: str = "all", truncate=N
             base, layer = s.rsplit("_l", 1)
             arr = res.step_norms[base]
             norms[s] = arr if model.layers == 1 else arr[int(layer)]
-        return _compact(model.full, T, model.layers, True, norms, cuts, title)
+        where = "loss at the last step" if at == "last" else "sum over steps"
+        return _compact(model.full, T, model.layers, where, norms, cuts, title)
     prog, un = model.program(T, loss=loss, at=at, masked=mask is not None,
                              truncate=k if k and k < T else None)
     adj = {n: float(np.linalg.norm(a)) for n, a in res.adjoints.items()}

@@ -1,0 +1,60 @@
+"""Pictures: what the graphviz source says, and that it lays out to SVG."""
+
+import numpy as np
+import pytest
+
+import rnn
+from tools import render
+
+
+def test_folded_cell_has_dashed_delay_edges():
+    src = render.cell(rnn.cells.lstm(1, 4)).source
+    assert src.count('label="t-1"') == 2  # h[t-1] and c[t-1]
+    assert "style=dashed" in src and "weight_hh" in src and "[16,4]" in src
+
+
+def test_long_delay_is_labelled():
+    c = rnn.Cell.from_equations("h = tanh(W @ x + U @ h[t-3])", inputs={"x": 1},
+                                states={"h": 2})
+    assert 'label="t-3"' in render.cell(c).source
+
+
+def test_unrolled_has_one_cluster_per_step_and_parameters_once():
+    g = render.unrolled(rnn.cells.elman(1, 3), steps=4)
+    src = g.source
+    assert all(f"cluster_{t}" in src for t in range(4)) and "cluster_4" not in src
+    assert src.count("\tweight_hh [") == 1  # drawn once ...
+    assert src.count("weight_hh -> ") == 4  # ... and tied into every step
+    assert "h@init" in src and "loss" in src
+
+
+def test_compact_mode_for_long_unrolls_and_grid_for_layers():
+    src = render.unrolled(rnn.cells.gru(1, 3), steps=200).source
+    assert "s199_0" in src and "cluster_" not in src
+    model = rnn.Model(rnn.cells.lstm(1, 3), layers=3)
+    grid = render.unrolled(model, steps=5, compact=True).source
+    assert "s4_2" in grid and "s4_1 -> s4_2" in grid
+    full = render.unrolled(model, steps=2).source
+    assert "cluster_1_l2" in full and 'label="layer 2"' in full
+
+
+def test_gradient_flow_marks_cuts_and_fading():
+    m = rnn.Model(rnn.cells.elman(1, 4), head=1, seed=0)
+    xs = np.random.default_rng(0).standard_normal((2, 30, 1))
+    src = render.gradients(m, xs, np.zeros((2, 30, 1)), truncate=10).source
+    assert src.count('label=cut') == 2  # at steps 10 and 20
+    full = render.gradients(m, xs[:, :4], np.zeros((2, 4, 1)), compact=False).source
+    assert "penwidth" in full and "e-0" in full  # norms shown
+
+
+def test_save_svg_png_dot(tmp_path):
+    g = render.cell(rnn.cells.gru(1, 2))
+    assert render.save(g, tmp_path / "c.dot").read_text().startswith("digraph")
+    try:
+        render.ensure_dot()
+    except render.RenderError:
+        pytest.skip("no dot and no graphviz-pure here")
+    assert b"<svg" in render.save(g, tmp_path / "c.svg").read_bytes()
+    assert render.save(g, tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(render.RenderError, match="use a .svg"):
+        render.save(g, tmp_path / "c.jpg")
