@@ -94,8 +94,8 @@ def softplus_grad(g, x):
 @jit
 def exp(x):
     out = np.empty_like(x)
-    for i in range(x.size):
-        out[i] = math.exp(x[i])
+    for i in range(x.size):  # past ~709.78 the float64 result is inf (math.exp would raise)
+        out[i] = math.exp(x[i]) if x[i] <= 709.78 else math.inf
     return out
 
 
