@@ -81,9 +81,11 @@ def _run(model, xs, targets, weights, loss, at, initial_state, k, mask, executor
     env = model.feed(un, xs, initial_state, mask)
     env.update(carried or {})
     env["targets"], env["weights"] = targets, weights
-    vals = ex.forward(prog, env)
     state_vars = {v.name: (v.node, t) for n, vs in un.values.items()
                   if n in model.full.states for t, v in enumerate(vs)}
+    final_vars = {un.values[n][-1].name for n in model.full.states}
+    final_vars |= {v.name for v in un.outputs()}
+    vals = ex.forward(prog, env, keep=final_vars, watch=state_vars)
     norms = {n: np.zeros(T) for n in model.full.states}
     kept = {}
 
@@ -121,7 +123,8 @@ def _windows(model, xs, targets, weights, loss, at, initial_state, k12, mask, ex
                          f"reads v[t-{deepest}]: use truncate=k instead")
     ex = EXECUTORS[executor]
     prog, un = model.program(T, masked=mask is not None)
-    vals = ex.forward(prog, model.feed(un, xs, initial_state, mask))
+    every = {v.name for n in list(cell.states) + cell.outputs for v in un.values[n]}
+    vals = ex.forward(prog, model.feed(un, xs, initial_state, mask), keep=every)
     if at == "last":  # the same loss, written per step: only step T-1 weighs
         full_t = np.zeros((B, T) + targets.shape[1:], targets.dtype)
         full_t[:, -1] = targets

@@ -1,8 +1,9 @@
 """Executors: two ways to run the same unrolled program, which must agree to 1e-10.
 
 ``reference`` is the ten-line interpreter of engine.ir, node by node (traces, teaching,
-the oracle). ``compiled`` lowers the program once into a flat plan over array slots
-(no name lookups, kernels and literals bound once) and runs that.
+the oracle). ``compiled`` lowers the program once into a flat plan over array slots, with
+each time step's elementwise region fused into one generated Numba kernel
+(``rnn/fuse.py``), and the GEMMs scheduled ahead of the gate math they feed.
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ import numpy as np
 from engine import ir
 from engine.ops import OPS, unbroadcast
 
+from . import fuse
+
 
 class Reference:
     name = "reference"
 
-    def forward(self, prog, env):
+    def forward(self, prog, env, keep=(), watch=()):
         return ir.interpret(prog, env)
 
     def backward(self, prog, values, seeds, on_adjoint=None):
@@ -24,58 +27,116 @@ class Reference:
 
 
 class Compiled:
-    """A plan per program: (forward fn, vjp fn, input slots, output slot, params)."""
+    """Runs a plan made once per program: each time step's elementwise region is one
+    generated Numba kernel (rnn/fuse.py), everything else a primitive on array slots.
+
+    ``keep`` names the variables the caller reads after the forward pass and ``watch``
+    those whose adjoints ``on_adjoint`` must see (e.g. every state, for step norms).
+    """
 
     name = "compiled"
 
     def __init__(self):
-        self._plans: dict[int, tuple] = {}
+        self._plans: dict[tuple, tuple] = {}
 
-    def plan(self, prog):
-        key = id(prog)
+    def plan(self, prog, keep=(), watch=()):
+        key = (id(prog), frozenset(keep), frozenset(watch))
         hit = self._plans.get(key)
         if hit is not None and hit[0] is prog:
             return hit[1]
+        ordered = fuse.gemms_first(prog)
+        items, _ = fuse.find_regions(ordered, keep, watch)
         slots = {v.name: i for i, v in enumerate(prog.inputs)}
+        watched = frozenset(watch)
         steps = []
-        for e in prog.eqns:
-            o = OPS[e.op]
-            ins = tuple(slots[a.name] if isinstance(a, ir.Var) else -1 for a in e.inputs)
-            lits = tuple(None if isinstance(a, ir.Var) else np.asarray(a.value, e.out.dtype)
-                         for a in e.inputs)
-            slots[e.out.name] = len(slots)
-            steps.append((o.forward, o.vjp, ins, lits, slots[e.out.name], e.kwargs))
+        for item in items:
+            if isinstance(item, int):
+                e = ordered.eqns[item]
+                o = OPS[e.op]
+                ins = tuple(slots[a.name] if isinstance(a, ir.Var) else -1 for a in e.inputs)
+                lits = tuple(None if isinstance(a, ir.Var) else np.asarray(a.value, e.out.dtype)
+                             for a in e.inputs)
+                slots[e.out.name] = len(slots)
+                steps.append(("op", o.forward, o.vjp, ins, lits, slots[e.out.name], e.kwargs,
+                              e.out))
+            elif item.outputs:
+                fwd, bwd, saved = fuse.kernels(item)
+                ins = tuple(slots[a.name] for a in item.inputs)
+                outs = []
+                for v in item.outputs:
+                    slots[v.name] = len(slots)
+                    outs.append(slots[v.name])
+                keep_at = []  # slots for the saved activations, under names no var has
+                for k in range(len(saved)):
+                    slots[f"{item.outputs[0].name}#saved{k}"] = len(slots)
+                    keep_at.append(len(slots) - 1)
+                widths = tuple(v.shape[1] for v in item.outputs)
+                steps.append(("fused", fwd, bwd, ins, tuple(outs), widths, tuple(keep_at),
+                              tuple(saved), np.dtype(item.outputs[0].dtype),
+                              tuple(item.outputs), watched))
         plan = (slots, steps)
         if len(self._plans) > 32:
             self._plans.clear()
         self._plans[key] = (prog, plan)
         return plan
 
-    def forward(self, prog, env):
-        slots, steps = self.plan(prog)
+    def forward(self, prog, env, keep=(), watch=()):
+        plan = self.plan(prog, keep, watch)
+        slots, steps = plan
         vals = [None] * len(slots)
         for v in prog.inputs:
             vals[slots[v.name]] = env[v.name]
-        for fwd, _, ins, lits, out, kw in steps:
-            vals[out] = fwd(*[vals[i] if i >= 0 else lit for i, lit in zip(ins, lits)], **kw)
-        return _View(slots, vals)
+        for st in steps:
+            if st[0] == "op":
+                _, fwd, _, ins, lits, out, kw, _ = st
+                vals[out] = fwd(*[vals[i] if i >= 0 else lit for i, lit in zip(ins, lits)],
+                                **kw)
+            else:
+                _, fwd, _, ins, outs, widths, keep_at, saved, dtype, _, _ = st
+                args = [vals[i] for i in ins]
+                B = next(a.shape[0] for a in args if a.ndim == 2)
+                res = [np.empty((B, w), dtype) for w in widths]
+                kept = [np.empty((B, w), dtype) for w in saved]
+                fwd(*args, *res, *kept)
+                for i, r in zip(outs + keep_at, res + kept):
+                    vals[i] = r
+        return _View(slots, vals, plan)
 
     def backward(self, prog, values, seeds, on_adjoint=None):
-        slots, steps = self.plan(prog)
+        slots, steps = values.plan
         vals = values.vals
         adj = [None] * len(slots)
         for k, g in seeds.items():
             adj[slots[k]] = np.asarray(g)
-        eqns = prog.eqns
         for n in range(len(steps) - 1, -1, -1):
-            _, vjp, ins, lits, out, kw = steps[n]
-            g = adj[out]
-            if g is None:
-                continue
-            if on_adjoint is not None:
-                on_adjoint(eqns[n].out, g)
-            args = [vals[i] if i >= 0 else lit for i, lit in zip(ins, lits)]
-            for i, x, c in zip(ins, args, vjp(g, vals[out], *args, **kw)):
+            st = steps[n]
+            if st[0] == "op":
+                _, _, vjp, ins, lits, out, kw, var = st
+                g = adj[out]
+                if g is None:
+                    continue
+                if on_adjoint is not None:
+                    on_adjoint(var, g)
+                args = [vals[i] if i >= 0 else lit for i, lit in zip(ins, lits)]
+                cots = vjp(g, vals[out], *args, **kw)
+                pairs = [(i, x, c) for i, x, c in zip(ins, args, cots)]
+            else:
+                _, _, bwd, ins, outs, widths, keep_at, _, dtype, out_vars, watch = st
+                gs = [adj[i] for i in outs]
+                if all(g is None for g in gs):
+                    continue
+                if on_adjoint is not None:
+                    for v, g in zip(out_vars, gs):
+                        if g is not None and v.name in watch:
+                            on_adjoint(v, g)
+                args = [vals[i] for i in ins]
+                B = next(a.shape[0] for a in args if a.ndim == 2)
+                gs = [np.zeros((B, w), dtype) if g is None else np.ascontiguousarray(g)
+                      for g, w in zip(gs, widths)]
+                grads = [np.zeros(a.shape, dtype) for a in args]
+                bwd(*args, *[vals[i] for i in keep_at], *gs, *grads)
+                pairs = list(zip(ins, args, grads))
+            for i, x, c in pairs:
                 if c is None or i < 0:
                     continue
                 if c.shape != x.shape:
@@ -94,9 +155,9 @@ class Compiled:
 class _View(dict):
     """Values by name, backed by the slot list (only names asked for are looked up)."""
 
-    def __init__(self, slots, vals):
+    def __init__(self, slots, vals, plan):
         super().__init__()
-        self.slots, self.vals = slots, vals
+        self.slots, self.vals, self.plan = slots, vals, plan
 
     def __getitem__(self, name):
         return self.vals[self.slots[name]]

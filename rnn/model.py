@@ -190,10 +190,12 @@ class Model:
         xs = self.check_xs(xs)
         mask = check_mask(mask, xs.shape[:2], self.dtype)
         prog, un = self.program(xs.shape[1], masked=mask is not None)
-        vals = EXECUTORS[executor].forward(prog, self.feed(un, xs, initial_state, mask))
+        names = [n for s in self.cell.states for n in self.layer_names(s)]
+        final = {un.values[n][-1].name for n in names}
+        vals = EXECUTORS[executor].forward(prog, self.feed(un, xs, initial_state, mask),
+                                           keep=final)
         ys = np.stack([vals[v.name] for v in un.outputs()], axis=1)
-        last = {n: vals[un.values[n][-1].name] for s in self.cell.states
-                for n in self.layer_names(s)}
+        last = {n: vals[un.values[n][-1].name] for n in names}
         return ys, self.split_layers(last)
 
     __call__ = forward

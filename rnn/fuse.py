@@ -1,0 +1,374 @@
+"""Fusion for the compiled executor: each step's elementwise region becomes one kernel.
+
+A *region* is a set of elementwise equations of one time step (the gate math of an
+LSTM: adds, slices, sigmoids, products) whose outside inputs all exist before its
+first equation. For each distinct region shape we generate the source of two Numba
+kernels: a forward that computes the region's outputs in one pass over (batch,
+column), and a backward that recomputes the region's scalars and runs reverse mode on
+them, accumulating into the inputs' gradients (parameters summed over the batch).
+Every step of an unrolled program has the same region shape, so one kernel serves all
+T steps. Generated sources are written to a cache folder and imported from there, so
+Numba's on-disk cache (``cache=True``) keeps the machine code between runs.
+
+Nothing here knows about cells: it sees a Program only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import importlib.util
+import os
+import sys
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from engine.ir import Lit, Program, Var
+
+FUSABLE = {"add", "sub", "mul", "div", "neg", "pow", "exp", "log", "tanh", "sigmoid", "relu",
+           "softplus", "copy", "slice"}
+FULL = (None, None, None)
+
+
+# ------------------------------------------------------------------ scheduling pass
+def gemms_first(prog: Program) -> Program:
+    """Reorder equations (a stable topological order) so that, among those ready, the
+    non-fusable ones (GEMMs) run first: a step's matvecs then precede its gate math,
+    which leaves the gate math one contiguous, fusable block."""
+    producers = {e.out.name: i for i, e in enumerate(prog.eqns)}
+    users: list[list[int]] = [[] for _ in prog.eqns]
+    waiting = [0] * len(prog.eqns)
+    for i, e in enumerate(prog.eqns):
+        deps = {producers[a.name] for a in e.inputs if isinstance(a, Var) and a.name in producers}
+        waiting[i] = len(deps)
+        for d in deps:
+            users[d].append(i)
+    ready = [(_fusable(e) is not None, i) for i, e in enumerate(prog.eqns) if not waiting[i]]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        _, i = heapq.heappop(ready)
+        order.append(prog.eqns[i])
+        for u in users[i]:
+            waiting[u] -= 1
+            if not waiting[u]:
+                heapq.heappush(ready, (_fusable(prog.eqns[u]) is not None, u))
+    return replace(prog, eqns=tuple(order))
+
+
+def _width(shape) -> int | None:
+    if len(shape) == 2 and shape[0] == "B" and isinstance(shape[1], int):
+        return shape[1]
+    return None
+
+
+def _kind(a) -> tuple | None:
+    """How a region reads an outside operand, or None if it cannot."""
+    if isinstance(a, Lit):
+        return ("lit",)
+    s = a.shape
+    if len(s) == 2 and s[0] == "B" and isinstance(s[1], int):
+        return ("bcol",) if s[1] == 1 else ("full", s[1])
+    if len(s) == 1 and isinstance(s[0], int):
+        return ("scalar",) if s[0] == 1 else ("row", s[0])
+    if len(s) == 0:
+        return ("scalar",)
+    return None
+
+
+def _fusable(e) -> int | None:
+    """The output width of a fusable equation, else None."""
+    if e.op not in FUSABLE or e.out.step is None or e.out.step < 0:
+        return None
+    w = _width(e.out.shape)
+    if w is None or any(_kind(a) is None for a in e.inputs):
+        return None
+    if e.op == "slice":
+        index = e.kwargs["index"]
+        if len(index) != 2 or index[0] != FULL or isinstance(index[1], int) or index[1][2]:
+            return None
+    return w
+
+
+# ------------------------------------------------------------------ regions
+@dataclass
+class Region:
+    members: list  # equations, in program order
+    inputs: list  # outside Vars/Lits read, in first-use order
+    outputs: list  # member Vars stored for use outside
+    key: str = ""
+
+
+def find_regions(prog: Program, keep=(), watch=()) -> tuple[list, dict[int, Region]]:
+    """Group fusable equations into regions. Returns the plan order: a list whose items
+    are either an equation index (run alone) or a Region (run at its first member).
+
+    ``keep``: variables the caller reads after the forward pass (always stored).
+    ``watch``: variables whose full adjoint the caller wants; a region ends at them, so
+    their adjoints are summed by the executor like any other variable's."""
+    watch = set(watch)
+    defined_at = {v.name: -1 for v in prog.inputs}
+    for i, e in enumerate(prog.eqns):
+        defined_at[e.out.name] = i
+    region_of: dict[str, Region] = {}
+    start: dict[int, int] = {}
+    regions: dict[int, Region] = {}
+    items: list = []
+    for i, e in enumerate(prog.eqns):
+        if _fusable(e) is None:
+            items.append(i)
+            continue
+        joined = None
+        for a in e.inputs:
+            r = region_of.get(a.name) if isinstance(a, Var) else None
+            if r is not None and r.members[0].out.step == e.out.step and a.name not in watch:
+                outside_ok = all(not isinstance(b, Var) or defined_at[b.name] < start[id(r)]
+                                 or region_of.get(b.name) is r and b.name not in watch
+                                 for b in e.inputs)
+                if outside_ok:
+                    joined = r
+                    break
+        if joined is None:
+            joined = Region([], [], [])
+            start[id(joined)] = i
+            regions[id(joined)] = joined
+            items.append(joined)
+        joined.members.append(e)
+        region_of[e.out.name] = joined
+    used_outside: set[str] = set(keep) | watch | {v.name for v in prog.outputs}
+    for e in prog.eqns:
+        r = region_of.get(e.out.name)
+        for a in e.inputs:
+            if isinstance(a, Var) and a.name in region_of and region_of[a.name] is not r:
+                used_outside.add(a.name)
+    for r in regions.values():
+        names = {m.out.name for m in r.members}
+        seen = set()
+        for m in r.members:
+            for a in m.inputs:
+                if isinstance(a, Var) and a.name not in names and a.name not in seen:
+                    seen.add(a.name)
+                    r.inputs.append(a)
+        r.outputs = [m.out for m in r.members if m.out.name in used_outside]
+        r.key = _signature(r)
+    return items, regions
+
+
+def _signature(r: Region) -> str:
+    pos = {a.name: k for k, a in enumerate(r.inputs)}
+    idx = {m.out.name: k for k, m in enumerate(r.members)}
+    rows = []
+    for m in r.members:
+        args = []
+        for a in m.inputs:
+            if isinstance(a, Lit):
+                args.append(("l", a.value))
+            elif a.name in idx:
+                args.append(("m", idx[a.name]))
+            else:
+                args.append(("i", pos[a.name]))
+        rows.append((m.op, m.params, tuple(args), _width(m.out.shape)))
+    kinds = tuple(_kind(a) for a in r.inputs)
+    outs = tuple(idx[o.name] for o in r.outputs)
+    dtype = r.members[0].out.dtype
+    return repr((tuple(rows), kinds, outs, dtype))
+
+
+# ------------------------------------------------------------------ code generation
+FORWARD = {
+    "add": "{0} + {1}", "sub": "{0} - {1}", "mul": "{0} * {1}", "div": "{0} / {1}",
+    "neg": "-{0}", "copy": "{0}", "exp": "_exp({0})", "log": "_log({0})",
+    "tanh": "math.tanh({0})", "sigmoid": "_sigmoid({0})", "relu": "({0} if {0} > ZERO else ZERO)",
+    "softplus": "(max({0}, ZERO) + math.log1p(math.exp(-abs({0}))))", "pow": "{0} ** _F({p})",
+}
+BACKWARD = {  # (cotangent for arg 0, for arg 1) given g, the output y and the args
+    "add": ("{g}", "{g}"), "sub": ("{g}", "-{g}"), "mul": ("{g} * {1}", "{g} * {0}"),
+    "div": ("{g} / {1}", "-{g} * {y} / {1}"), "neg": ("-{g}",), "copy": ("{g}",),
+    "exp": ("{g} * {y}",), "log": ("{g} / {0}",), "tanh": ("{g} * (ONE - {y} * {y})",),
+    "sigmoid": ("{g} * {y} * (ONE - {y})",), "relu": ("({g} if {0} > ZERO else ZERO)",),
+    "softplus": ("{g} * _sigmoid({0})",), "pow": ("{g} * _F({p}) * {0} ** _F({p} - 1.0)",),
+}
+SAVED = {"exp", "tanh", "sigmoid"}  # the forward stores these; the backward reads them back
+PRELUDE = '''"""Generated by unroll (rnn/fuse.py) for one region shape. Do not edit."""
+import math
+
+import numba
+from numpy import {dtype} as _F
+
+ONE = _F(1.0)
+ZERO = _F(0.0)
+SAVED_WIDTHS = {saved}
+
+
+@numba.njit(cache=True, inline="always")
+def _sigmoid(v):
+    if v >= ZERO:
+        return ONE / (ONE + math.exp(-v))
+    e = math.exp(v)
+    return e / (ONE + e)
+
+
+@numba.njit(cache=True, inline="always")
+def _exp(v):
+    return math.exp(v) if v <= 709.78 else math.inf
+
+
+@numba.njit(cache=True, inline="always")
+def _log(v):
+    return math.log(v) if v > ZERO else (-math.inf if v == ZERO else math.nan)
+'''
+
+
+class _Body:
+    """The scalar program of one loop: loads, then one local per (member, column).
+
+    A column is (True, k) for ``j + k`` or (False, k) for the fixed column k (what a
+    width-1 value broadcast along the row reads)."""
+
+    def __init__(self, r: Region):
+        self.r = r
+        self.pos = {a.name: k for k, a in enumerate(r.inputs)}
+        self.member = {m.out.name: m for m in r.members}
+        self.lines: list[str] = []
+        self.nodes: list[tuple] = []  # (local, op, arg locals, p)
+        self.loads: dict[tuple, str] = {}  # (input k, column) -> local
+        self.memo: dict[tuple, str] = {}
+
+    @staticmethod
+    def col(c) -> str:
+        rel, k = c
+        if not rel:
+            return str(k)
+        return "j" if k == 0 else f"j + {k}"
+
+    @staticmethod
+    def index(kind: str, c) -> str:
+        return {"full": f"[b, {_Body.col(c)}]", "row": f"[{_Body.col(c)}]", "bcol": "[b, 0]",
+                "scalar": "[0]"}[kind]
+
+    def load(self, k, c):
+        kind = _kind(self.r.inputs[k])[0]
+        if kind in ("bcol", "scalar"):
+            c = (False, 0)
+        key = (k, c)
+        if key not in self.loads:
+            name = f"v{len(self.loads)}_in{k}"
+            self.lines.append(f"{name} = a{k}{self.index(kind, c)}")
+            self.loads[key] = name
+        return self.loads[key]
+
+    def value(self, a, c):
+        """The local holding operand ``a`` at column ``c``."""
+        if isinstance(a, Lit):
+            return f"_F({float(a.value)!r})"
+        if a.name in self.pos:
+            return self.load(self.pos[a.name], c)
+        m = self.member[a.name]
+        if _width(m.out.shape) == 1:
+            c = (False, 0)
+        key = (a.name, c)
+        if key in self.memo:
+            return self.memo[key]
+        if m.op == "slice":
+            start = m.kwargs["index"][1][0] or 0
+            local = self.value(m.inputs[0], (c[0], c[1] + start))
+        else:
+            args = [self.value(x, c) for x in m.inputs]
+            local = f"t{len(self.nodes)}"
+            p = dict(m.params).get("p")
+            self.lines.append(f"{local} = " + FORWARD[m.op].format(*args, p=repr(p)))
+            self.nodes.append((local, m.op, args, p, len(self.lines) - 1))
+        self.memo[key] = local
+        return local
+
+
+def _source(r: Region) -> str:
+    nin, nout = len(r.inputs), len(r.outputs)
+    groups: dict[int, list[int]] = {}
+    for k, o in enumerate(r.outputs):
+        groups.setdefault(_width(o.shape), []).append(k)
+    bodies = {w: _Body(r) for w in groups}
+    results = {w: [bodies[w].value(r.outputs[k], (True, 0)) for k in ks]
+               for w, ks in groups.items()}
+    saved, widths = {}, []  # (width, local) -> index of its saved array
+    for w, body in bodies.items():
+        for local, op, *_ in body.nodes:
+            if op in SAVED:
+                saved[(w, local)] = len(widths)
+                widths.append(w)
+    ins = [f"a{k}" for k in range(nin)]
+    outs = [f"o{k}" for k in range(nout)]
+    keep = [f"s{k}" for k in range(len(widths))]
+    jit = '@numba.njit(cache=True, error_model="numpy")'
+    fwd = [f"{jit}\ndef forward({', '.join(ins + outs + keep)}):"]
+    grads = [f"go{k}" for k in range(nout)] + [f"ga{k}" for k in range(nin)]
+    bwd = [f"{jit}\ndef backward({', '.join(ins + keep + grads)}):"]
+    for w, ks in groups.items():
+        body, res = bodies[w], results[w]
+        inner = [f"        for j in range({w}):"] + [f"            {ln}" for ln in body.lines]
+        inner += [f"            o{k}[b, j] = {x}" for k, x in zip(ks, res)]
+        inner += [f"            s{saved[(w, local)]}[b, j] = {local}"
+                  for local, op, *_ in body.nodes if op in SAVED]
+        fwd += [f"    for b in range(o{ks[0]}.shape[0]):"] + inner
+        # backward: recompute the cheap scalars, read the saved ones, sweep in reverse
+        lines = list(body.lines)
+        for local, op, _, _, at in body.nodes:
+            if op in SAVED:
+                lines[at] = f"{local} = s{saved[(w, local)]}[b, j]"
+        bwd += [f"    for b in range(go{ks[0]}.shape[0]):", f"        for j in range({w}):"]
+        bwd += [f"            {ln}" for ln in lines]
+        adj = {local: f"d_{local}" for local, *_ in body.nodes}
+        adj.update({name: f"d_{name}" for name in body.loads.values()})
+        bwd += [f"            {a} = ZERO" for a in adj.values()]
+        bwd += [f"            {adj[x]} += go{k}[b, j]" for k, x in zip(ks, res) if x in adj]
+        for local, op, args, p, _ in reversed(body.nodes):
+            for i, expr in enumerate(BACKWARD[op]):
+                if args[i] in adj:  # else a literal
+                    c = expr.format(*args, g=adj[local], y=local, p=repr(p))
+                    bwd.append(f"            {adj[args[i]]} += {c}")
+        for (k, c), name in body.loads.items():
+            kind = _kind(r.inputs[k])[0]
+            bwd.append(f"            ga{k}{_Body.index(kind, c)} += {adj[name]}")
+    head = PRELUDE.format(dtype=r.members[0].out.dtype, saved=tuple(widths))
+    return "\n\n\n".join([head, "\n".join(fwd), "\n".join(bwd)]) + "\n"
+
+
+# ------------------------------------------------------------------ the kernel cache
+def cache_dir() -> Path:
+    base = os.environ.get("UNROLL_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "unroll")
+    path = Path(base) / "kernels"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".probe"
+        probe.write_text("")
+        return path
+    except OSError:
+        path = Path(tempfile.gettempdir()) / f"unroll-kernels-{os.getuid()}"
+        path.mkdir(exist_ok=True)
+        return path
+
+
+_loaded: dict[str, object] = {}
+
+
+def kernels(r: Region):
+    """(forward, backward, widths of the saved arrays) for the region's shape,
+    generated and compiled once."""
+    mod = _loaded.get(r.key)
+    if mod is None:
+        src = _source(r)
+        digest = hashlib.sha1(src.encode()).hexdigest()[:16]
+        path = cache_dir() / f"region_{digest}.py"
+        if not path.exists() or path.read_text() != src:
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_text(src)
+            os.replace(tmp, path)
+        name = f"unroll_region_{digest}"
+        spec = importlib.util.spec_from_file_location(name, path)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod  # Numba's cache finds a function's module by name
+        spec.loader.exec_module(mod)
+        _loaded[r.key] = mod
+    return mod.forward, mod.backward, mod.SAVED_WIDTHS
