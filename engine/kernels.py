@@ -30,16 +30,20 @@ def tanh_grad(g, y):
     return out
 
 
+@jit(inline="always")
+def _sigmoid(v):
+    """1 / (1 + e^-v) without overflow: exp only ever sees a non-positive argument."""
+    if v >= 0:
+        return 1 / (1 + math.exp(-v))
+    e = math.exp(v)
+    return e / (1 + e)
+
+
 @jit
 def sigmoid(x):
     out = np.empty_like(x)
     for i in range(x.size):
-        v = x[i]
-        if v >= 0:
-            out[i] = 1 / (1 + math.exp(-v))
-        else:
-            e = math.exp(v)
-            out[i] = e / (1 + e)
+        out[i] = _sigmoid(x[i])
     return out
 
 
@@ -81,13 +85,7 @@ def softplus(x):
 def softplus_grad(g, x):
     out = np.empty_like(x)
     for i in range(x.size):
-        v = x[i]
-        if v >= 0:
-            s = 1 / (1 + math.exp(-v))
-        else:
-            e = math.exp(v)
-            s = e / (1 + e)
-        out[i] = g[i] * s
+        out[i] = g[i] * _sigmoid(x[i])
     return out
 
 

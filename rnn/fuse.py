@@ -112,30 +112,47 @@ def find_regions(prog: Program, keep=(), watch=()) -> tuple[list, dict[int, Regi
     for i, e in enumerate(prog.eqns):
         defined_at[e.out.name] = i
     region_of: dict[str, Region] = {}
-    start: dict[int, int] = {}
+    start: dict[int, int] = {}  # id(region) -> position of its first member: where it runs
     regions: dict[int, Region] = {}
-    items: list = []
+
+    def ready(members) -> int:
+        """The last position among the outside values these members read."""
+        names = {m.out.name for m in members}
+        return max((defined_at[a.name] for m in members for a in m.inputs
+                    if isinstance(a, Var) and (a.name not in names or a.name in watch)),
+                   default=-1)
+
     for i, e in enumerate(prog.eqns):
         if _fusable(e) is None:
-            items.append(i)
             continue
-        joined = None
-        for a in e.inputs:
-            r = region_of.get(a.name) if isinstance(a, Var) else None
-            if r is not None and r.members[0].out.step == e.out.step and a.name not in watch:
-                outside_ok = all(not isinstance(b, Var) or defined_at[b.name] < start[id(r)]
-                                 or region_of.get(b.name) is r and b.name not in watch
-                                 for b in e.inputs)
-                if outside_ok:
-                    joined = r
-                    break
-        if joined is None:
-            joined = Region([], [], [])
-            start[id(joined)] = i
-            regions[id(joined)] = joined
-            items.append(joined)
-        joined.members.append(e)
-        region_of[e.out.name] = joined
+        near = [region_of[a.name] for a in e.inputs if isinstance(a, Var)
+                and a.name in region_of and a.name not in watch
+                and region_of[a.name].members[0].out.step == e.out.step]
+        near = sorted({id(r): r for r in near}.values(), key=lambda r: start[id(r)])
+        tries = [[t] + [r for r in near if r is not t and ready(r.members) < start[id(t)]]
+                 for t in near]  # a target with the regions that can run as early as it
+        tries = [x for t in tries for x in (t, t[:1])]  # ... or the target alone
+        for merged in tries:
+            members = sorted((m for r in merged for m in r.members),
+                             key=lambda m: defined_at[m.out.name]) + [e]
+            at = min(start[id(r)] for r in merged)  # the merged region runs here
+            if ready(members) < at:
+                target = merged[0]
+                for r in merged[1:]:
+                    del regions[id(r)]
+                target.members = members
+                start[id(target)] = at
+                for m in members:
+                    region_of[m.out.name] = target
+                break
+        else:
+            fresh = Region([e], [], [])
+            start[id(fresh)] = i
+            regions[id(fresh)] = fresh
+            region_of[e.out.name] = fresh
+    items: list = sorted([i for i, e in enumerate(prog.eqns) if _fusable(e) is None]
+                         + list(regions.values()),
+                         key=lambda x: x if isinstance(x, int) else start[id(x)])
     used_outside: set[str] = set(keep) | watch | {v.name for v in prog.outputs}
     for e in prog.eqns:
         r = region_of.get(e.out.name)
