@@ -96,7 +96,8 @@ def _run(model, xs, targets, weights, loss, at, initial_state, k, mask, executor
         if keep_adjoints:
             kept[var.name] = g
 
-    adj = ex.backward(prog, vals, {"loss": np.ones((), model.dtype)}, seen)
+    wrt = set(model.params) | {v.name for v in un.init.values()}
+    adj = ex.backward(prog, vals, {"loss": np.ones((), model.dtype)}, seen, wrt)
     grads = {p: adj.get(p, np.zeros_like(v)) for p, v in model.params.items()}
     per_layer = {n: adj.get(f"{n}@init", np.zeros((B, model.full.states[n]), model.dtype))
                  for n in model.full.states}

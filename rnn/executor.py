@@ -22,7 +22,7 @@ class Reference:
     def forward(self, prog, env, keep=(), watch=()):
         return ir.interpret(prog, env)
 
-    def backward(self, prog, values, seeds, on_adjoint=None):
+    def backward(self, prog, values, seeds, on_adjoint=None, wrt=None):
         return ir.backward(prog, values, seeds, on_adjoint)
 
 
@@ -50,7 +50,15 @@ class Compiled:
         watched = frozenset(watch)
         steps = []
         for item in items:
-            if isinstance(item, int):
+            if isinstance(item, int) and _weight_matvec(ordered.eqns[item], slots, prog):
+                e = ordered.eqns[item]
+                A, x = e.inputs
+                slots[e.out.name] = len(slots)
+                steps.append(("matvec", OPS["matvec"].forward, (slots[A.name], slots[x.name]),
+                              slots[e.out.name], e.out,
+                              x.name if x.name in slots and slots[x.name] < len(prog.inputs)
+                              else None))
+            elif isinstance(item, int):
                 e = ordered.eqns[item]
                 o = OPS[e.op]
                 ins = tuple(slots[a.name] if isinstance(a, ir.Var) else -1 for a in e.inputs)
@@ -91,6 +99,9 @@ class Compiled:
                 _, fwd, _, ins, lits, out, kw, _ = st
                 vals[out] = fwd(*[vals[i] if i >= 0 else lit for i, lit in zip(ins, lits)],
                                 **kw)
+            elif st[0] == "matvec":
+                _, fwd, (ia, ix), out, _, _ = st
+                vals[out] = fwd(vals[ia], vals[ix])
             else:
                 _, fwd, _, ins, outs, widths, keep_at, saved, dtype, _, _ = st
                 args = [vals[i] for i in ins]
@@ -102,14 +113,29 @@ class Compiled:
                     vals[i] = r
         return _View(slots, vals, plan)
 
-    def backward(self, prog, values, seeds, on_adjoint=None):
+    def backward(self, prog, values, seeds, on_adjoint=None, wrt=None):
+        """Adjoints of the program inputs. ``wrt``: the inputs whose adjoints are wanted
+        (None: all); data inputs outside it get none computed."""
         slots, steps = values.plan
         vals = values.vals
         adj = [None] * len(slots)
+        deferred: dict[int, list] = {}  # weight slot -> (cotangent, vectors) of each use
         for k, g in seeds.items():
             adj[slots[k]] = np.asarray(g)
         for n in range(len(steps) - 1, -1, -1):
             st = steps[n]
+            if st[0] == "matvec":
+                _, _, (ia, ix), out, var, x_input = st
+                g = adj[out]
+                if g is None:
+                    continue
+                if on_adjoint is not None:
+                    on_adjoint(var, g)
+                deferred.setdefault(ia, []).append((g, vals[ix]))
+                if x_input is None or wrt is None or x_input in wrt:
+                    c = g @ vals[ia]
+                    adj[ix] = c if adj[ix] is None else adj[ix] + c
+                continue
             if st[0] == "op":
                 _, _, vjp, ins, lits, out, kw, var = st
                 g = adj[out]
@@ -142,6 +168,11 @@ class Compiled:
                 if c.shape != x.shape:
                     c = unbroadcast(c, x.shape)
                 adj[i] = c if adj[i] is None else adj[i] + c
+        for ia, uses in deferred.items():  # one GEMM per weight for all its uses: sum_t g_t^T x_t
+            G = np.concatenate([g.reshape(-1, g.shape[-1]) for g, _ in uses])
+            X = np.concatenate([x.reshape(-1, x.shape[-1]) for _, x in uses])
+            gA = G.T @ X
+            adj[ia] = gA if adj[ia] is None else adj[ia] + gA
         out = {}
         for v in prog.inputs:
             a = adj[slots[v.name]]
@@ -150,6 +181,14 @@ class Compiled:
                 if on_adjoint is not None:
                     on_adjoint(v, a)
         return out
+
+
+def _weight_matvec(e, slots, prog) -> bool:
+    """A matvec whose matrix is a program input (a weight): its cotangent is deferred."""
+    if e.op != "matvec" or not isinstance(e.inputs[0], ir.Var):
+        return False
+    A = e.inputs[0].name
+    return A in slots and slots[A] < len(prog.inputs)
 
 
 class _View(dict):
