@@ -243,6 +243,8 @@ def run_passes(prog: Program, passes: Iterable[Pass], print_after_all: bool = Fa
                out: Callable[[str], None] = print) -> Program:
     """Run ``Program -> Program`` passes in order, verifying after each one."""
     verify(prog)
+    if print_after_all:
+        out(f"# unrolled\n{prog}")
     for p in passes:
         prog = verify(p(prog))
         if print_after_all:

@@ -10,10 +10,11 @@ never recurses, so T = 10,000 is just a longer program.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import partial
 
 import networkx as nx
 
-from engine.ir import Builder, Eqn, Program, Var
+from engine.ir import Builder, Eqn, Program, Var, run_passes
 
 from .cell import Cell
 from .lang import Ref
@@ -71,8 +72,11 @@ class Unrolled:
 
 
 def unroll(cell, steps: int, *, dtype: str = "float64", masked: bool = False,
-           truncate: int | None = None) -> Unrolled:
+           truncate: int | None = None, print_after_all: bool = False) -> Unrolled:
     """Unroll a cell (or a Model's whole stack) over ``steps`` time steps.
+
+    The program is verified, then run through the passes (truncation cuts, when asked
+    for), verified again after each; ``print_after_all`` prints it after each pass.
 
     >>> from rnn import cells
     >>> u = unroll(cells.elman(2, 3), steps=4)
@@ -127,8 +131,11 @@ def unroll(cell, steps: int, *, dtype: str = "float64", masked: bool = False,
             values[nd.out].append(v)
     outs = [values[o][t] for t in range(steps) for o in cell.outputs]
     prog = b.program(outs)
+    passes = []
     if truncate is not None and truncate < steps:
-        prog = cut_state_edges(prog, truncate, blend)
+        passes.append(partial(cut_state_edges, k=truncate, states=blend))
+        passes[-1].__name__ = f"cut_state_edges(k={truncate})"
+    prog = run_passes(prog, passes, print_after_all=print_after_all)
     return Unrolled(cell, steps, prog, xs, params, init, values, masks)
 
 

@@ -120,3 +120,11 @@ def test_seq2seq_rejects_a_bad_bridge():
     with pytest.raises(ValueError, match="bridge 'q' <- 'h': decoder states are"):
         rnn.Seq2Seq(rnn.cells.gru(2, 3), rnn.cells.lstm(1, 3), head=2, out_steps=3,
                      bridge={"c": "h", "q": "h"})
+
+
+def test_trace_can_print_the_program_after_each_pass(capsys):
+    assert main(["trace", "elman", "--steps", "3", "--hidden-size", "2", "--program",
+                 "--truncate", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "# unrolled" in out and "# after cut_state_edges(k=2)" in out
+    assert "h_l0@1|cut:f64[B,2] = stop_gradient h_l0@1" in out

@@ -120,9 +120,14 @@ def cmd_render(args):
 
 
 def cmd_trace(args):
+    import rnn
+
     from .trace import trace
 
     model = _model(args)
+    if args.program:
+        rnn.unroll(model, args.steps, truncate=args.truncate, print_after_all=True)
+        print()
     xs, ys = _data(model, args.steps, args.batch, args.seed)
     print(trace(model, xs, ys, show_temps=args.temps))
 
@@ -250,6 +255,10 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--steps", type=positive, required=True)
     sp.add_argument("--batch", type=positive, default=1)
     sp.add_argument("--temps", action="store_true", help="show intermediate nodes too")
+    sp.add_argument("--program", action="store_true",
+                    help="first print the unrolled program, after each compiler pass")
+    sp.add_argument("--truncate", type=positive, default=None,
+                    help="with --program: the truncation pass that cuts every k steps")
     sp.set_defaults(func=cmd_trace)
 
     sp = add("gradcheck", "BPTT against finite differences in float64")

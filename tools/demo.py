@@ -193,15 +193,15 @@ def run(out: str = "out", quiet: bool = False, epochs: int = 150) -> dict:
         best.predict(test), tr_months, note="recurrent, chosen on validation")
     seconds = time.perf_counter() - t0
 
-    table = format_table(rows)
-    print(table)
+    print(format_table(rows))
     results = {"models": rows, "split": {"train_months": int(split), "test_months": int(len(test))},
-               "units": "thousands of passengers", "seconds": round(seconds, 1),
+               "units": "thousands of passengers", "training_seconds": round(seconds, 1),
                "best": {"cell": kind, "hidden": hidden}}
     (outdir / "results.json").write_text(json.dumps(results, indent=2))
     _pictures(outdir, best, y, dates, test, rows, quiet)
-    say(f"wrote {outdir}/results.json, predictions.png and the SVGs in {seconds:.0f}s "
-        f"(+ pictures)", quiet)
+    say(f"wrote {outdir}/: results.json, predictions.png, cell.svg, unrolled.svg, "
+        f"unrolled_compact.svg, gradient_flow.svg, gradient_flow_elman.svg "
+        f"({time.perf_counter() - t0:.0f}s in all)", quiet)
     return results
 
 
