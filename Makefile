@@ -18,10 +18,10 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check engine rnn tools tests benchmarks examples
 	$(PY) -m pytest -q
 
-# the suite again with Numba switched off (the kernels run as plain Python); the demo,
-# which only repeats the JIT run's numbers on bigger arrays, is left out
+# the suite again with Numba switched off (the kernels run as plain Python); the demo
+# and the examples, which train on bigger arrays for minutes that way, are left out
 test-nojit: $(STAMP)
-	NUMBA_DISABLE_JIT=1 $(PY) -m pytest -q \
+	NUMBA_DISABLE_JIT=1 $(PY) -m pytest -q --ignore tests/test_examples.py \
 	  --deselect tests/test_tools.py::test_demo_writes_results_and_pictures
 
 lint: $(STAMP)
