@@ -157,9 +157,9 @@ class Builder:
         self._n = 0
 
     @classmethod
-    def extend(cls, prog: Program) -> Builder:
+    def extend(cls, prog: Program, dtype: str) -> Builder:
         """A builder that continues an existing program."""
-        b = cls(prog.inputs[0].dtype if prog.inputs else "float64")
+        b = cls(dtype)
         b.inputs, b.eqns = list(prog.inputs), list(prog.eqns)
         return b
 

@@ -27,7 +27,9 @@ class BPTTResult:
     step_norms: dict[str, np.ndarray]  # ||dL/d state_t|| per step: (T,), or (L,T) if stacked
     outputs: np.ndarray = field(repr=False)  # (B, T, O)
     final_state: dict[str, np.ndarray] = field(repr=False)
-    adjoints: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # keep_adjoints
+    # keep_adjoints=True: dL/d(every value) with the reference executor, dL/d(every
+    # state at every step) with the compiled one
+    adjoints: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
 
 def _check_truncate(truncate):

@@ -22,8 +22,7 @@ def add_loss(un: Unrolled, loss: str, at: str) -> Program:
     if at not in ("all", "last"):
         raise ValueError(f"at must be 'all' (many-to-many) or 'last' (many-to-one), got {at!r}")
     prog = un.program
-    b = Builder.extend(prog)
-    b.dtype = prog.outputs[0].dtype
+    b = Builder.extend(prog, prog.outputs[0].dtype)
     ys = un.outputs()
     O = ys[0].shape[-1]
     if at == "all":

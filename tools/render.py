@@ -84,7 +84,7 @@ def _fmt(shape) -> str:
     return "[" + ",".join(map(str, shape)) + "]"
 
 
-def _node_style(kind: str, name: str, op: str | None, shape, compact_ops: bool = True) -> dict:
+def _node_style(kind: str, name: str, op: str | None, shape) -> dict:
     tip = f"{name} {_fmt(shape)}" + (f" = {op}" if op else "")
     if kind == "input":
         return dict(label=f"{name}\n{_fmt(shape)}", shape="box", style="rounded,filled",
@@ -95,7 +95,7 @@ def _node_style(kind: str, name: str, op: str | None, shape, compact_ops: bool =
     if kind in ("state", "var"):
         return dict(label=f"{name}\n{OP_LABEL.get(op, op)} {_fmt(shape)}", shape="ellipse",
                     fillcolor=COLORS[kind], penwidth="1.5", tooltip=tip)
-    label = OP_LABEL.get(op, op) if compact_ops else f"{name}\n{op}"
+    label = OP_LABEL.get(op, op)
     return dict(label=label, shape="circle" if len(label) <= 2 else "ellipse", width="0.3",
                 height="0.3", fixedsize="false", margin="0.02", fontsize="10", tooltip=tip)
 
@@ -147,8 +147,7 @@ def _layer_of(node: str | None) -> int:
 
 
 def unrolled(cell_or_model, steps: int = 4, compact: bool | None = None,
-             loss: bool = True, norms: dict | None = None, cut_steps=(),
-             title: str | None = None) -> graphviz.Digraph:
+             loss: bool = True, title: str | None = None) -> graphviz.Digraph:
     """The unrolled graph, A -> B: one cluster per time step, left to right; parameters
     drawn once with their tied edges into every step; initial states; the loss.
 
@@ -160,14 +159,14 @@ def unrolled(cell_or_model, steps: int = 4, compact: bool | None = None,
     _, full, layers = _target(cell_or_model)
     compact = steps > 12 if compact is None else compact
     if compact:
-        return _compact(full, steps, layers, loss, norms, cut_steps, title)
+        return _compact(full, steps, layers, loss, None, (), title)
     un = rnn.unroll(full, steps)
     prog = un.program
     if loss:
         from rnn.losses import add_loss
 
         prog = add_loss(un, "mse", "all")
-    return _full(un, prog, norms, title)
+    return _full(un, prog, None, title)
 
 
 def _full(un, prog, adj_norms, title):
