@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from typing import Any
 
 import networkx as nx
@@ -105,6 +106,14 @@ class Program:
 
 
 # ------------------------------------------------------------------ verification
+@lru_cache(maxsize=4096)
+def infer(op: str, shapes: tuple, dtypes: tuple, params: tuple) -> tuple[tuple, str]:
+    """(shape, dtype) of an equation's output; memoized: an unrolled program repeats
+    the same few equations T times."""
+    shape = shape_of(op, shapes, dict(params))
+    return shape, str(result_dtype(op, dtypes, OPS[op].index_inputs))
+
+
 def verify(prog: Program) -> Program:
     """Check SSA, def-before-use, and every equation's shape and dtype; return prog."""
     defined: dict[str, Var] = {}
@@ -122,11 +131,13 @@ def verify(prog: Program) -> Program:
                 raise IRError(f"equation {n} ('{e.out.name} = {e.op}'): '{a.name}' {what}")
         if e.out.name in defined:
             raise IRError(f"equation {n}: '{e.out.name}' is defined twice (SSA)")
-        shapes = [a.shape if isinstance(a, Var) else () for a in e.inputs]
-        dtypes = [a.dtype if isinstance(a, Var) else e.out.dtype for a in e.inputs]
+        shapes = tuple(a.shape if isinstance(a, Var) else () for a in e.inputs)
+        dtypes = tuple(a.dtype if isinstance(a, Var) else e.out.dtype for a in e.inputs)
         try:
-            shape = shape_of(e.op, shapes, e.kwargs)
-            dtype = str(result_dtype(e.op, dtypes, OPS[e.op].index_inputs))
+            try:
+                shape, dtype = infer(e.op, shapes, dtypes, e.params)
+            except TypeError:  # an unhashable parameter (a list): no memo
+                shape, dtype = infer.__wrapped__(e.op, shapes, dtypes, e.params)
         except UnrollError as err:
             raise type(err)(f"at '{e.out.name}': {err}") from None
         if shape != tuple(e.out.shape) or dtype != e.out.dtype:
@@ -170,10 +181,12 @@ class Builder:
 
     def call(self, op: str, *args, name=None, node=None, step=None, **params) -> Var:
         args = tuple(a if isinstance(a, Var) else Lit(float(a)) for a in args)
-        shapes = [a.shape if isinstance(a, Var) else () for a in args]
-        dtypes = [a.dtype if isinstance(a, Var) else self.dtype for a in args]
-        shape = shape_of(op, shapes, params)
-        dtype = str(result_dtype(op, dtypes, OPS[op].index_inputs))
+        shapes = tuple(a.shape if isinstance(a, Var) else () for a in args)
+        dtypes = tuple(a.dtype if isinstance(a, Var) else self.dtype for a in args)
+        try:
+            shape, dtype = infer(op, shapes, dtypes, tuple(params.items()))
+        except TypeError:  # an unhashable parameter (a list): no memo
+            shape, dtype = infer.__wrapped__(op, shapes, dtypes, tuple(params.items()))
         if name is None:
             name, self._n = f"%{self._n}", self._n + 1
         out = Var(name, shape, dtype, node, step)
