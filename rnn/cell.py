@@ -347,8 +347,10 @@ class Cell:
             for nd in self.nodes:
                 kind = "state" if nd.out in self.states else \
                     "var" if nd.out == nd.target else "op"
+                consts = tuple((i, a) for i, a in enumerate(nd.args) if isinstance(a, float))
                 g.add_node(nd.out, kind=kind, shape=self.shapes[nd.out], op=nd.op,
-                           target=nd.target, output=nd.out in self.outputs)
+                           target=nd.target, output=nd.out in self.outputs,
+                           consts=consts + tuple(nd.params))
             for nd in self.nodes:
                 for i, a in enumerate(nd.args):
                     if isinstance(a, Ref):

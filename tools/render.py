@@ -84,7 +84,21 @@ def _fmt(shape) -> str:
     return "[" + ",".join(map(str, shape)) + "]"
 
 
-def _node_style(kind: str, name: str, op: str | None, shape) -> dict:
+def op_label(op: str | None, consts=()) -> str:
+    """An op's symbol with the numbers it takes: ``1 -``, ``^2``, ``split 2/4``."""
+    sym = OP_LABEL.get(op, op) or ""
+    kw = {k: v for k, v in consts if isinstance(k, str)}
+    if op == "pow":
+        return f"^{kw['p']:g}"
+    if op == "split":
+        return f"split {kw['i'] + 1}/{kw['n']}"
+    for i, v in consts:
+        if isinstance(i, int):
+            sym = f"{v:g} {sym}" if i == 0 else f"{sym} {v:g}"
+    return sym
+
+
+def _node_style(kind: str, name: str, op: str | None, shape, consts=()) -> dict:
     tip = f"{name} {_fmt(shape)}" + (f" = {op}" if op else "")
     if kind == "input":
         return dict(label=f"{name}\n{_fmt(shape)}", shape="box", style="rounded,filled",
@@ -93,9 +107,9 @@ def _node_style(kind: str, name: str, op: str | None, shape) -> dict:
         return dict(label=f"{name}\n{_fmt(shape)}", shape="box", fillcolor=COLORS["param"],
                     fontsize="10", tooltip=tip)
     if kind in ("state", "var"):
-        return dict(label=f"{name}\n{OP_LABEL.get(op, op)} {_fmt(shape)}", shape="ellipse",
+        return dict(label=f"{name}\n{op_label(op, consts)} {_fmt(shape)}", shape="ellipse",
                     fillcolor=COLORS[kind], penwidth="1.5", tooltip=tip)
-    label = OP_LABEL.get(op, op)
+    label = op_label(op, consts)
     return dict(label=label, shape="circle" if len(label) <= 2 else "ellipse", width="0.3",
                 height="0.3", fixedsize="false", margin="0.02", fontsize="10", tooltip=tip)
 
@@ -107,7 +121,8 @@ def cell(cell, title: str | None = None) -> graphviz.Digraph:
     cell = getattr(cell, "cell", cell)
     g = _digraph("cell", rankdir="LR", label=title or "folded cell: A -> A", labelloc="t")
     for name, data in cell.graph.nodes(data=True):
-        style = _node_style(data["kind"], name, data["op"], data["shape"])
+        style = _node_style(data["kind"], name, data["op"], data["shape"],
+                            data.get("consts", ()))
         if data.get("output"):
             style["peripheries"] = "2"
         g.node(name, **style)
