@@ -103,6 +103,11 @@ def _run(model, xs, targets, weights, loss, at, initial_state, k, mask, executor
     grads = {p: adj.get(p, np.zeros_like(v)) for p, v in model.params.items()}
     per_layer = {n: adj.get(f"{n}@init", np.zeros((B, model.full.states[n]), model.dtype))
                  for n in model.full.states}
+    given = set(initial_state or {})
+    for s in model.learn_initial:  # one learned vector, broadcast over the batch
+        if s not in given:
+            for n in model.layer_names(s):
+                grads[f"init_{n}"] = per_layer[n].sum(axis=0)
     final = {n: vals[un.values[n][-1].name] for n in model.full.states}
     ys = np.stack([vals[v.name] for v in un.outputs()], axis=1)
     return BPTTResult(float(vals["loss"]), grads, _by_state(model, per_layer),

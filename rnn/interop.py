@@ -36,7 +36,7 @@ def from_torch(kind: str, state_dict: dict, num_layers: int = 1, head: int | Non
     model = Model(cell, layers=num_layers, head=head, dtype=str(sd["weight_ih_l0"].dtype),
                   seed=seed)
     for name in model.params:
-        if name.startswith("head_"):
+        if name.startswith(("head_", "init_")):
             continue
         if name not in sd:
             raise ValueError(f"state_dict lacks '{name}' (num_layers={num_layers}; bias=False "
@@ -51,7 +51,8 @@ def from_torch(kind: str, state_dict: dict, num_layers: int = 1, head: int | Non
 def to_torch(model: Model) -> dict[str, np.ndarray]:
     """The model's weights under PyTorch's names: ``torch_module.load_state_dict(
     {k: torch.from_numpy(v) for k, v in to_torch(m).items()})``."""
-    return {k: v.copy() for k, v in model.params.items() if not k.startswith("head_")}
+    return {k: v.copy() for k, v in model.params.items()
+            if not k.startswith(("head_", "init_"))}
 
 
 def from_keras(kind: str, weights, reset_after: bool = True, seed: int = 0) -> Model:

@@ -62,7 +62,7 @@ class Model:
     """
 
     def __init__(self, cell: Cell, layers: int = 1, head: int | None = None,
-                 dtype: str = "float64", seed: int = 0):
+                 dtype: str = "float64", seed: int = 0, learn_initial=()):
         if not isinstance(cell, Cell):
             raise TypeError(f"Model needs a Cell (e.g. rnn.cells.lstm(1, 16)), got "
                             f"{type(cell).__name__}")
@@ -74,7 +74,12 @@ class Model:
             raise ValueError(f"head is the output size of a dense layer (an int), got {head!r}")
         if np.dtype(dtype).kind != "f":
             raise DTypeError(f"dtype must be float32 or float64, got {dtype}")
+        unknown = set(learn_initial) - set(cell.states)
+        if unknown:
+            raise ValueError(f"learn_initial names {sorted(unknown)}; the cell's states are "
+                             f"{list(cell.states)}")
         self.cell, self.layers, self.head = cell, layers, head
+        self.learn_initial = tuple(learn_initial)
         self.dtype = str(np.dtype(dtype))
         self.full = stack_cells(cell, layers, head)
         self.input_size = next(iter(cell.inputs.values()))
@@ -98,6 +103,9 @@ class Model:
         for p, shape in self.full.params.items():
             bound = 1 / np.sqrt(out_size if p.startswith("head_") else hidden)
             out[p] = rng.uniform(-bound, bound, size=shape).astype(self.dtype)
+        for s in self.learn_initial:  # learned initial states start at zero
+            for name in self.layer_names(s):
+                out[f"init_{name}"] = np.zeros(self.cell.states[s], self.dtype)
         return out
 
     # ------------------------------------------------------------ state names
@@ -153,6 +161,10 @@ class Model:
             self.check_dtype(f"initial_state['{s}']", arr)
             for k, name in enumerate(self.layer_names(s)):
                 env[f"{name}@init"] = arr if self.layers == 1 else arr[k]
+        for s in self.learn_initial:
+            for name in self.layer_names(s):
+                env.setdefault(f"{name}@init", np.broadcast_to(
+                    self.params[f"init_{name}"], (B, self.cell.states[s])))
         for name, v in un.init.items():
             key = f"{name}@init"
             if key not in env:
@@ -175,7 +187,7 @@ class Model:
         return self._programs[key]
 
     def feed(self, un: Unrolled, xs: np.ndarray, initial_state=None, mask=None) -> dict:
-        env = dict(self.params)
+        env = {p: v for p, v in self.params.items() if not p.startswith("init_")}
         (x,) = self.full.inputs
         for t in range(xs.shape[1]):
             env[f"{x}@{t}"] = xs[:, t]

@@ -313,3 +313,19 @@ def test_unroll_ten_thousand_steps_does_not_recurse():
     xs = R.standard_normal((1, 10000, 1))
     res = rnn.bptt(m, xs, np.zeros((1, 10000, 1)))
     assert np.isfinite(res.loss) and res.step_norms["h"].shape == (10000,)
+
+
+def test_learned_initial_states():
+    m = Model(cells.lstm(2, 3), layers=2, head=1, learn_initial=("h", "c"), seed=5)
+    assert m.params["init_c_l1"].shape == (3,) and not m.params["init_h_l0"].any()
+    m.params["init_h_l0"][:] = [0.3, -0.2, 0.1]
+    m.params["init_c_l1"][:] = [-0.4, 0.5, 0.2]
+    xs, ys = data(3, 4, 2, 1)
+    check_bptt(m, xs, ys)  # the init_* vectors are parameters like the others
+    res = rnn.bptt(m, xs, ys)
+    np.testing.assert_allclose(res.grads["init_c_l1"], res.state_grads["c"][1].sum(0))
+    given = rnn.bptt(m, xs, ys, initial_state={"h": np.zeros((2, 3, 3))})
+    assert not given.grads["init_h_l0"].any() and given.grads["init_c_l0"].any()
+    assert "init_h_l0" not in rnn.interop.to_torch(m)
+    with pytest.raises(ValueError, match="learn_initial names \\['q'\\]"):
+        Model(cells.gru(2, 3), learn_initial=("q",))

@@ -123,6 +123,8 @@ def check_bptt(model, xs, targets, *, initial_state=None, max_per_input: int = 1
     B = np.asarray(xs).shape[0]
     init = dict(initial_state or {})
     for s, H in model.cell.states.items():
+        if s in model.learn_initial:
+            continue  # a parameter: checked with the others
         shape = (B, H) if model.layers == 1 else (model.layers, B, H)
         init.setdefault(s, np.random.default_rng(1).uniform(-0.5, 0.5, shape))
     snames = list(init)
