@@ -355,9 +355,10 @@ def _compact(full, steps, layers, loss, norms, cut_steps, title):
                 attrs.update(style="dashed", color="#999999", label="cut")
             if wrap < steps and t % wrap == 0 and t > 0:
                 attrs["constraint"] = "false"
-            g.edge(src, f"s{t}_{k}", **attrs)
+            g.edge(src, f"s{t}_{k}", weight="10", **attrs)  # heavy: the chain stays straight
         if wrap == steps and layers == 1:
-            g.edge("params", f"s{t}_0", color="#c9b458", penwidth="0.5", arrowsize="0.3")
+            g.edge("params", f"s{t}_0", color="#c9b458", penwidth="0.5", arrowsize="0.3",
+                   weight="0")
     if wrap < steps:
         g.edge("params", "s0_0", style="invis")
         g.edge("init", "s0_0", style="invis")
