@@ -159,6 +159,8 @@ class Model:
             if arr.shape != want:
                 raise ShapeError(f"initial_state['{s}'] must be {want}, got {arr.shape}")
             self.check_dtype(f"initial_state['{s}']", arr)
+            if not np.all(np.isfinite(arr)):
+                raise ValueError(f"initial_state['{s}'] holds NaN or inf values")
             for k, name in enumerate(self.layer_names(s)):
                 env[f"{name}@init"] = arr if self.layers == 1 else arr[k]
         for s in self.learn_initial:

@@ -281,6 +281,8 @@ def test_nan_input(model):
     xs[0, 1, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         model.forward(xs)
+    with pytest.raises(ValueError, match=r"initial_state\['c'\] holds NaN"):
+        model.forward(np.zeros((1, 3, 2)), initial_state={"c": np.full((1, 3), np.nan)})
 
 
 def test_bad_targets(model):
