@@ -86,12 +86,6 @@ class Program:
         tail = "out " + ", ".join(v.name for v in self.outputs)
         return f"{head}\n{body}\n{tail}"
 
-    @property
-    def vars(self) -> dict[str, Var]:
-        out = {v.name: v for v in self.inputs}
-        out.update((e.out.name, e.out) for e in self.eqns)
-        return out
-
     def graph(self) -> nx.DiGraph:
         """A networkx view: one node per variable, an edge per use, eqn data on the node."""
         g = nx.DiGraph()

@@ -358,11 +358,6 @@ class Cell:
             self._graph = g
         return self._graph
 
-    @property
-    def equations(self) -> list[str]:
-        """The source text of each equation, in text order."""
-        return list(dict.fromkeys(self.sources.values()))
-
     def __str__(self):
         ins = ", ".join(f"{k}{_fmt((n,))}" for k, n in self.inputs.items())
         st = ", ".join(f"{k}{_fmt((n,))}" for k, n in self.states.items())

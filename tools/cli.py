@@ -153,8 +153,12 @@ def cmd_train(args):
 
         y = rnn.tasks.airline()[1]
         split = int(len(y) * 0.67)
-        g = demo.GrowthRNN(y, args.cell if args.cell in rnn.cells.BUILTINS else "gru",
-                           args.hidden_size, epochs=args.epochs)
+        cell = load_cell(args.cell, 1, args.hidden_size)
+        cell = cell.cell if isinstance(cell, rnn.Model) else cell
+        if list(cell.inputs.values()) != [1]:
+            raise UserError(f"the airline task feeds one number per step; '{args.cell}' takes "
+                            f"inputs {cell.inputs}")
+        g = demo.GrowthRNN(y, epochs=args.epochs, cell=cell)
         g.fit(np.arange(demo.SEASON + 1, split), progress=True)
         test = np.arange(split, len(y))
         print(f"airline next-month test RMSE: {demo.rmse(g.predict(test), y[test]):.2f} "

@@ -106,11 +106,13 @@ class GrowthRNN:
     one at every step (many-to-many training); month t is then y_{t-12} * exp(d_t).
     """
 
-    def __init__(self, y, kind="gru", hidden=8, window=12, epochs=150, lr=1e-2, seed=0):
+    def __init__(self, y, kind="gru", hidden=8, window=12, epochs=150, lr=1e-2, seed=0,
+                 cell=None):
         self.y, self.window, self.epochs, self.lr, self.seed = y, window, epochs, lr, seed
         self.d = np.full(len(y), np.nan)
         self.d[SEASON:] = np.log(y[SEASON:]) - np.log(y[:-SEASON])
-        self.model = rnn.Model(rnn.cells.BUILTINS[kind](1, hidden), head=1, seed=seed)
+        cell = cell or rnn.cells.BUILTINS[kind](1, hidden)  # any cell of one input feature
+        self.model = rnn.Model(cell, head=1, seed=seed)
         self.kind, self.hidden = kind, hidden
 
     def months_ok(self, months):
