@@ -183,7 +183,8 @@ def cmd_train(args):
                    batch_size=args.batch_size, clip_norm=1.0, truncate=args.truncate,
                    optimizer=rnn.optim.Adam(lr=args.lr), validation=(vx, vy), seed=args.seed)
     base = {"adding": "predicting the mean gives 0.167", "sine": "", "copy":
-            f"guessing blanks gives {np.log(8) * 5 / xs.shape[1]:.3f}"}[task]
+            f"blanks right and symbols guessed gives "
+            f"{np.log(xs.shape[-1] - 2) * 5 / xs.shape[1]:.3f}"}[task]
     print(f"final loss: train {hist.losses[-1]:.4f}, validation {hist.val_losses[-1]:.4f}"
           f"{' (' + base + ')' if base else ''}; {hist.seconds:.1f}s")
     return 0
@@ -276,12 +277,12 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--cell", default="lstm")
     cell_args(sp, cell=False)
     sp.add_argument("--steps", type=positive, default=20, help="sequence length (lag for copy)")
-    sp.add_argument("--samples", type=positive, default=256)
+    sp.add_argument("--samples", type=positive, default=1024)
     sp.add_argument("--epochs", type=positive, default=20)
     sp.add_argument("--batch-size", type=positive, default=32)
     sp.add_argument("--lr", type=float, default=1e-2)
     sp.add_argument("--truncate", type=int, default=None)
-    sp.set_defaults(func=cmd_train)
+    sp.set_defaults(func=cmd_train, hidden_size=16)
 
     sp = add("bench", "time a BPTT training step against PyTorch, JAX and numpy, side by side")
     sp.add_argument("--quick", action="store_true", help="the small workloads only")
