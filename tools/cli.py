@@ -182,9 +182,12 @@ def cmd_train(args):
     hist = rnn.fit(model, xs, ys, loss=loss, at=at, epochs=args.epochs,
                    batch_size=args.batch_size, clip_norm=1.0, truncate=args.truncate,
                    optimizer=rnn.optim.Adam(lr=args.lr), validation=(vx, vy), seed=args.seed)
-    base = {"adding": "predicting the mean gives 0.167", "sine": "", "copy":
-            f"blanks right and symbols guessed gives "
-            f"{np.log(xs.shape[-1] - 2) * 5 / xs.shape[1]:.3f}"}[task]
+    base = ""
+    if task == "adding":
+        base = "predicting the mean gives 0.167"
+    elif task == "copy":
+        guess = np.log(xs.shape[-1] - 2) * 5 / xs.shape[1]
+        base = f"blanks right and symbols guessed gives {guess:.3f}"
     print(f"final loss: train {hist.losses[-1]:.4f}, validation {hist.val_losses[-1]:.4f}"
           f"{' (' + base + ')' if base else ''}; {hist.seconds:.1f}s")
     return 0
