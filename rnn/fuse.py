@@ -74,7 +74,7 @@ def _kind(a) -> tuple | None:
     if len(s) == 1 and isinstance(s[0], int):
         return ("scalar",) if s[0] == 1 else ("row", s[0])
     if len(s) == 0:
-        return ("scalar",)
+        return ("zerod",)
     return None
 
 
@@ -87,7 +87,8 @@ def _fusable(e) -> int | None:
         return None
     if e.op == "slice":
         index = e.kwargs["index"]
-        if len(index) != 2 or index[0] != FULL or isinstance(index[1], int) or index[1][2]:
+        if (len(index) != 2 or index[0] != FULL or isinstance(index[1], int) or index[1][2]
+                or (index[1][0] or 0) < 0):
             return None
     return w
 
@@ -256,11 +257,11 @@ class _Body:
     @staticmethod
     def index(kind: str, c) -> str:
         return {"full": f"[b, {_Body.col(c)}]", "row": f"[{_Body.col(c)}]", "bcol": "[b, 0]",
-                "scalar": "[0]"}[kind]
+                "scalar": "[0]", "zerod": "[()]"}[kind]
 
     def load(self, k, c):
         kind = _kind(self.r.inputs[k])[0]
-        if kind in ("bcol", "scalar"):
+        if kind in ("bcol", "scalar", "zerod"):
             c = (False, 0)
         key = (k, c)
         if key not in self.loads:

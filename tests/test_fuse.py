@@ -93,3 +93,16 @@ def test_compiled_forward_keeps_what_is_asked():
     np.testing.assert_allclose(a, b, atol=1e-12)
     np.testing.assert_allclose(sa["c"], sb["c"], atol=1e-12)
     assert "compiled" in EXECUTORS and "reference" in EXECUTORS
+
+
+def test_scalar_parameters_in_a_region():
+    from tools.gradcheck import check_bptt
+
+    cell = Cell.from_equations("s = alpha * sum(h[t-1])\nh = tanh(W @ x + U @ h[t-1]) + s",
+                               inputs={"x": 2}, states={"h": 3})
+    assert cell.params["alpha"] == ()
+    m = Model(cell, head=1, seed=3)
+    rng = np.random.default_rng(2)
+    xs, ys = rng.standard_normal((2, 4, 2)), rng.standard_normal((2, 4, 1))
+    agree(m, xs, ys)
+    check_bptt(m, xs, ys)
