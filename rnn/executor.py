@@ -104,7 +104,7 @@ class Compiled:
                 vals[out] = fwd(vals[ia], vals[ix])
             else:
                 _, fwd, _, ins, outs, widths, keep_at, saved, dtype, _, _ = st
-                args = [vals[i] for i in ins]
+                args = [np.asarray(vals[i]) for i in ins]  # a kernel needs arrays, not scalars
                 B = next(a.shape[0] for a in args if a.ndim == 2)
                 res = [np.empty((B, w), dtype) for w in widths]
                 kept = [np.empty((B, w), dtype) for w in saved]
@@ -155,7 +155,7 @@ class Compiled:
                     for v, g in zip(out_vars, gs):
                         if g is not None and v.name in watch:
                             on_adjoint(v, g)
-                args = [vals[i] for i in ins]
+                args = [np.asarray(vals[i]) for i in ins]
                 B = next(a.shape[0] for a in args if a.ndim == 2)
                 gs = [np.zeros((B, w), dtype) if g is None else np.ascontiguousarray(g)
                       for g, w in zip(gs, widths)]

@@ -102,7 +102,7 @@ class Model:
         out = {}
         for p, shape in self.full.params.items():
             bound = 1 / np.sqrt(out_size if p.startswith("head_") else hidden)
-            out[p] = rng.uniform(-bound, bound, size=shape).astype(self.dtype)
+            out[p] = np.asarray(rng.uniform(-bound, bound, size=shape), self.dtype)
         for s in self.learn_initial:  # learned initial states start at zero
             for name in self.layer_names(s):
                 out[f"init_{name}"] = np.zeros(self.cell.states[s], self.dtype)
