@@ -255,9 +255,12 @@ class Cell:
             if op == "matvec":
                 A, v = nd.args
                 if A.name not in params:
+                    made = next((m.op for m in order if m.out == A.name), None)
+                    hint = ("; @ binds like * and /, left to right: write (W @ x) * y"
+                            if made in ("mul", "div") else "")
                     raise CellError(f"the left of @ must be a parameter matrix, got '{A.name}'"
-                                    f" (a {'variable' if A.name not in inputs else 'input'})",
-                                    nd.line, nd.col)
+                                    f" (a {'variable' if A.name not in inputs else 'input'})"
+                                    f"{hint}", nd.line, nd.col)
                 if shape[A.name] is None:
                     shape[A.name] = (D.new(), D.new())
                 sA, sv = shape[A.name], vector(nd, v)

@@ -13,6 +13,7 @@ literals. ``h = tanh(W @ x + U @ h[t-1] + b)`` becomes
 from __future__ import annotations
 
 import ast
+import math
 import operator
 from dataclasses import dataclass
 
@@ -23,6 +24,11 @@ FUNCS = UNARY | {"split", "concat"}
 BINOPS = {ast.Add: "add", ast.Sub: "sub", ast.Mult: "mul", ast.Div: "div", ast.MatMult: "matvec"}
 FOLD = {"add": operator.add, "sub": operator.sub, "mul": operator.mul, "div": operator.truediv,
         "matvec": operator.matmul}
+FOLD_CALL = {  # functions of a number literal are computed when parsing
+    "tanh": math.tanh, "sigmoid": lambda v: 1 / (1 + math.exp(-v)), "relu": lambda v: max(v, 0),
+    "exp": math.exp, "log": math.log, "sum": lambda v: v, "mean": lambda v: v,
+    "softplus": lambda v: max(v, 0) + math.log1p(math.exp(-abs(v))), "softmax": lambda v: 1.0,
+}
 SYNTAX_NAMES = {
     ast.Attribute: "attribute access (a.b)", ast.Lambda: "lambda", ast.Import: "import",
     ast.ImportFrom: "import", ast.Compare: "comparison", ast.BoolOp: "boolean operator",
@@ -131,7 +137,12 @@ class _Lower:
             if op is None:
                 raise _err(f"unsupported operator {type(node.op).__name__}; use + - * / @ **",
                            node)
-            a, b = self.expr(node.left), self.expr(node.right)
+            left = node.left
+            if (op == "matvec" and isinstance(left, ast.UnaryOp)
+                    and isinstance(left.op, ast.USub)):  # -W @ x is -(W @ x), as in math
+                inner = ast.copy_location(ast.BinOp(left.operand, node.op, node.right), node)
+                return self.emit("neg", [self.expr(inner)], node)
+            a, b = self.expr(left), self.expr(node.right)
             if isinstance(a, float) and isinstance(b, float):
                 return float(FOLD[op](a, b))
             if op == "matvec" and not (isinstance(a, Ref) and isinstance(b, Ref)):
@@ -154,8 +165,13 @@ class _Lower:
                 raise _err(f"{name}() takes one argument, got {len(args)}", node)
             if name == "concat" and len(args) < 2:
                 raise _err("concat() takes two or more vectors", node)
+            if name in FOLD_CALL and isinstance(args[0], float):  # tanh(0.5): a number
+                try:
+                    return float(FOLD_CALL[name](args[0]))
+                except (ValueError, OverflowError):
+                    raise _err(f"{name}({args[0]!r}) has no finite value", node) from None
             if any(isinstance(a, float) for a in args):
-                raise _err(f"{name}() of a number literal: write the value itself", node)
+                raise _err(f"{name}() takes vectors, not number literals", node)
             return self.emit(name, args, node)
         raise _syntax(node)
 

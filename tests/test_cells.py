@@ -124,6 +124,8 @@ def test_error_declared_state_never_defined():
 def test_error_matrix_on_the_left_of_at_only():
     with pytest.raises(CellError, match="left of @ must be a parameter"):
         make("h = x @ x")
+    with pytest.raises(CellError, match=r"left to right: write \(W @ x\) \* y"):
+        make("h = W @ x * U @ x")
 
 
 def test_error_text_must_be_equations():
@@ -135,3 +137,19 @@ def test_error_text_must_be_equations():
 def test_builtins_parse(name):
     c = cells.BUILTINS[name](3, 4)
     assert c.params and c.states
+
+
+def test_functions_of_number_literals_are_folded():
+    c = make("h = tanh(W @ x + U @ h[t-1]) * sigmoid(0.0) + log(1.0)", states={"h": 2})
+    consts = [a for nd in c.nodes for a in nd.args if isinstance(a, float)]
+    assert 0.5 in consts and 0.0 in consts
+    with pytest.raises(CellError, match=r"log\(-1.0\) has no finite value"):
+        make("h = tanh(W @ x) + log(-1.0)")
+    with pytest.raises(CellError, match="takes vectors, not number literals"):
+        make("h = concat(W @ x, 1.0)")
+
+
+def test_minus_matrix_times_vector_reads_as_in_math():
+    c = make("h = tanh(-W @ x + U @ h[t-1])", states={"h": 2})
+    assert c.params["W"] == (2, 3)
+    assert [nd.op for nd in c.nodes][:2] == ["matvec", "neg"]

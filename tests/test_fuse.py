@@ -3,6 +3,8 @@ reference interpreter on cells that exercise every way a region reads its inputs
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import rnn
 from rnn import Cell, Model, cells, fuse
@@ -106,3 +108,44 @@ def test_scalar_parameters_in_a_region():
     xs, ys = rng.standard_normal((2, 4, 2)), rng.standard_normal((2, 4, 1))
     agree(m, xs, ys)
     check_bptt(m, xs, ys)
+
+
+@st.composite
+def cell_text(draw, depth=3):
+    """A random cell: the generated kernels must agree with the interpreter on it."""
+    n = iter(range(100))
+
+    def expr(d):
+        kinds = ["leaf"] * 2 + (["unary", "binary", "binary"] if d > 0 else [])
+        kind = draw(st.sampled_from(kinds))
+        if kind == "leaf":
+            return draw(st.sampled_from([f"(W{next(n)} @ x)", f"(U{next(n)} @ h[t-1])", "h[t-1]",
+                                         f"b{next(n)}", "p", "q", "0.5", "2.0"]))
+        if kind == "unary":
+            f = draw(st.sampled_from(["tanh", "sigmoid", "relu", "softplus", "-", "exp(-softplus"]))
+            inner = expr(d - 1)
+            return {"-": f"(-{inner})", "exp(-softplus": f"exp(-softplus({inner}))"}.get(
+                f, f"{f}({inner})")
+        a, b = expr(d - 1), expr(d - 1)
+        op = draw(st.sampled_from(["+", "-", "*", "/", "**"]))
+        if op == "/":
+            return f"({a} / (1.5 + sigmoid({b})))"
+        if op == "**":
+            return f"(sigmoid({a}) ** 2.0)"
+        return f"({a} {op} {b})"
+
+    body = expr(depth)
+    return f"p, q = split(V @ h[t-1], 2)\nh = tanh({body} + W @ x)"
+
+
+@settings(max_examples=12, deadline=None, derandomize=True)
+@given(cell_text())
+def test_random_cells_agree_with_the_interpreter(text):
+    cell = Cell.from_equations(text, inputs={"x": 2}, states={"h": 3}, sizes={"p": 3})
+    m = Model(cell, head=1, seed=0)
+    rng = np.random.default_rng(0)
+    xs, ys = rng.standard_normal((3, 4, 2)), rng.standard_normal((3, 4, 1))
+    agree(m, xs, ys)
+    mask = np.ones((3, 4))
+    mask[0, 2:] = 0
+    agree(m, xs, ys, mask=mask, truncate=2)
