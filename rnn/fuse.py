@@ -45,7 +45,8 @@ def gemms_first(prog: Program) -> Program:
         waiting[i] = len(deps)
         for d in deps:
             users[d].append(i)
-    ready = [(_fusable(e) is not None, i) for i, e in enumerate(prog.eqns) if not waiting[i]]
+    fusable = [_fusable(e) is not None for e in prog.eqns]
+    ready = [(fusable[i], i) for i in range(len(prog.eqns)) if not waiting[i]]
     heapq.heapify(ready)
     order = []
     while ready:
@@ -54,7 +55,7 @@ def gemms_first(prog: Program) -> Program:
         for u in users[i]:
             waiting[u] -= 1
             if not waiting[u]:
-                heapq.heappush(ready, (_fusable(prog.eqns[u]) is not None, u))
+                heapq.heappush(ready, (fusable[u], u))
     return replace(prog, eqns=tuple(order))
 
 
@@ -100,6 +101,7 @@ class Region:
     inputs: list  # outside Vars/Lits read, in first-use order
     outputs: list  # member Vars stored for use outside
     key: str = ""
+    ready: int = -1  # the last program position among the outside values it reads
 
 
 def find_regions(prog: Program, keep=(), watch=()) -> tuple[list, dict[int, Region]]:
@@ -124,35 +126,43 @@ def find_regions(prog: Program, keep=(), watch=()) -> tuple[list, dict[int, Regi
                     if isinstance(a, Var) and (a.name not in names or a.name in watch)),
                    default=-1)
 
+    fusable = [_fusable(e) is not None for e in prog.eqns]
     for i, e in enumerate(prog.eqns):
-        if _fusable(e) is None:
+        if not fusable[i]:
             continue
         near = [region_of[a.name] for a in e.inputs if isinstance(a, Var)
                 and a.name in region_of and a.name not in watch
                 and region_of[a.name].members[0].out.step == e.out.step]
         near = sorted({id(r): r for r in near}.values(), key=lambda r: start[id(r)])
-        tries = [[t] + [r for r in near if r is not t and ready(r.members) < start[id(t)]]
-                 for t in near]  # a target with the regions that can run as early as it
-        tries = [x for t in tries for x in (t, t[:1])]  # ... or the target alone
-        for merged in tries:
-            members = sorted((m for r in merged for m in r.members),
-                             key=lambda m: defined_at[m.out.name]) + [e]
-            at = min(start[id(r)] for r in merged)  # the merged region runs here
-            if ready(members) < at:
-                target = merged[0]
-                for r in merged[1:]:
-                    del regions[id(r)]
-                target.members = members
-                start[id(target)] = at
-                for m in members:
-                    region_of[m.out.name] = target
+        joined = None
+        for t in near:
+            # e joins the target with the regions that can run as early as it ...
+            merged = [t] + [r for r in near if r is not t and r.ready < start[id(t)]]
+            if len(merged) > 1:
+                members = sorted((m for r in merged for m in r.members),
+                                 key=lambda m: defined_at[m.out.name]) + [e]
+                at = min(start[id(r)] for r in merged)  # the merged region runs here
+                if ready(members) < at:
+                    for r in merged[1:]:
+                        del regions[id(r)]
+                    t.members, t.ready, start[id(t)] = members, ready(members), at
+                    joined = t
+                    break
+            # ... or alone: then only e's own outside reads are new
+            own = max((defined_at[a.name] for a in e.inputs if isinstance(a, Var)
+                       and (region_of.get(a.name) is not t or a.name in watch)), default=-1)
+            if max(t.ready, own) < start[id(t)]:
+                t.members.append(e)
+                t.ready = max(t.ready, own)
+                joined = t
                 break
-        else:
-            fresh = Region([e], [], [])
-            start[id(fresh)] = i
-            regions[id(fresh)] = fresh
-            region_of[e.out.name] = fresh
-    items: list = sorted([i for i, e in enumerate(prog.eqns) if _fusable(e) is None]
+        if joined is None:
+            joined = Region([e], [], [], ready=ready([e]))
+            start[id(joined)] = i
+            regions[id(joined)] = joined
+        for m in joined.members:
+            region_of[m.out.name] = joined
+    items: list = sorted([i for i in range(len(prog.eqns)) if not fusable[i]]
                          + list(regions.values()),
                          key=lambda x: x if isinstance(x, int) else start[id(x)])
     used_outside: set[str] = set(keep) | watch | {v.name for v in prog.outputs}
