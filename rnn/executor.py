@@ -8,6 +8,8 @@ each time step's elementwise region fused into one generated Numba kernel
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from engine import ir
@@ -24,6 +26,38 @@ class Reference:
 
     def backward(self, prog, values, seeds, on_adjoint=None, wrt=None):
         return ir.backward(prog, values, seeds, on_adjoint)
+
+
+MATVEC = OPS["matvec"]
+
+
+class OpStep(NamedTuple):  # one primitive
+    op: object  # the engine Op
+    ins: tuple  # input slots; -1 where a literal stands
+    lits: tuple  # the literals, as arrays of the output's dtype
+    out: int
+    kw: dict
+    var: ir.Var
+
+
+class MatvecStep(NamedTuple):  # W @ x with W a program input: W's cotangent is deferred
+    w: int
+    x: int
+    out: int
+    var: ir.Var
+    x_input: str | None  # x's name when x is a program input (data needs no cotangent)
+
+
+class FusedStep(NamedTuple):  # one region: a generated forward and backward kernel
+    forward: object
+    backward: object
+    ins: tuple
+    outs: tuple
+    widths: tuple  # of the outputs
+    saved: tuple  # slots of the activations the forward keeps for the backward
+    saved_widths: tuple
+    dtype: np.dtype
+    out_vars: tuple
 
 
 class Compiled:
@@ -47,42 +81,37 @@ class Compiled:
         ordered = fuse.gemms_first(prog)
         items, _ = fuse.find_regions(ordered, keep, watch)
         slots = {v.name: i for i, v in enumerate(prog.inputs)}
-        watched = frozenset(watch)
+
+        def slot(name):
+            slots[name] = len(slots)
+            return slots[name]
+
         steps = []
         for item in items:
-            if isinstance(item, int) and _weight_matvec(ordered.eqns[item], slots, prog):
-                e = ordered.eqns[item]
-                A, x = e.inputs
-                slots[e.out.name] = len(slots)
-                steps.append(("matvec", OPS["matvec"].forward, (slots[A.name], slots[x.name]),
-                              slots[e.out.name], e.out,
-                              x.name if x.name in slots and slots[x.name] < len(prog.inputs)
-                              else None))
-            elif isinstance(item, int):
-                e = ordered.eqns[item]
-                o = OPS[e.op]
-                ins = tuple(slots[a.name] if isinstance(a, ir.Var) else -1 for a in e.inputs)
-                lits = tuple(None if isinstance(a, ir.Var) else np.asarray(a.value, e.out.dtype)
-                             for a in e.inputs)
-                slots[e.out.name] = len(slots)
-                steps.append(("op", o.forward, o.vjp, ins, lits, slots[e.out.name], e.kwargs,
-                              e.out))
-            elif item.outputs:
+            if isinstance(item, fuse.Region):
+                if not item.outputs:
+                    continue
                 fwd, bwd, saved = fuse.kernels(item)
                 ins = tuple(slots[a.name] for a in item.inputs)
-                outs = []
-                for v in item.outputs:
-                    slots[v.name] = len(slots)
-                    outs.append(slots[v.name])
-                keep_at = []  # slots for the saved activations, under names no var has
-                for k in range(len(saved)):
-                    slots[f"{item.outputs[0].name}#saved{k}"] = len(slots)
-                    keep_at.append(len(slots) - 1)
-                widths = tuple(v.shape[1] for v in item.outputs)
-                steps.append(("fused", fwd, bwd, ins, tuple(outs), widths, tuple(keep_at),
-                              tuple(saved), np.dtype(item.outputs[0].dtype),
-                              tuple(item.outputs), watched))
-        plan = (slots, steps)
+                outs = tuple(slot(v.name) for v in item.outputs)
+                kept = tuple(slot(f"{item.outputs[0].name}#saved{k}") for k in range(len(saved)))
+                steps.append(FusedStep(fwd, bwd, ins, outs,
+                                       tuple(v.shape[1] for v in item.outputs), kept,
+                                       tuple(saved), np.dtype(item.outputs[0].dtype),
+                                       tuple(item.outputs)))
+                continue
+            e = ordered.eqns[item]
+            if e.op == "matvec" and all(isinstance(a, ir.Var) for a in e.inputs):
+                A, x = (slots[a.name] for a in e.inputs)
+                if A < len(prog.inputs):  # a weight
+                    data = e.inputs[1].name if x < len(prog.inputs) else None
+                    steps.append(MatvecStep(A, x, slot(e.out.name), e.out, data))
+                    continue
+            ins = tuple(slots[a.name] if isinstance(a, ir.Var) else -1 for a in e.inputs)
+            lits = tuple(None if isinstance(a, ir.Var) else np.asarray(a.value, e.out.dtype)
+                         for a in e.inputs)
+            steps.append(OpStep(OPS[e.op], ins, lits, slot(e.out.name), e.kwargs, e.out))
+        plan = (slots, steps, frozenset(watch))
         if len(self._plans) > 32:
             self._plans.clear()
         self._plans[key] = (prog, plan)
@@ -90,89 +119,75 @@ class Compiled:
 
     def forward(self, prog, env, keep=(), watch=()):
         plan = self.plan(prog, keep, watch)
-        slots, steps = plan
+        slots, steps, _ = plan
         vals = [None] * len(slots)
         for v in prog.inputs:
             vals[slots[v.name]] = env[v.name]
         for st in steps:
-            if st[0] == "op":
-                _, fwd, _, ins, lits, out, kw, _ = st
-                vals[out] = fwd(*[vals[i] if i >= 0 else lit for i, lit in zip(ins, lits)],
-                                **kw)
-            elif st[0] == "matvec":
-                _, fwd, (ia, ix), out, _, _ = st
-                vals[out] = fwd(vals[ia], vals[ix])
+            if type(st) is OpStep:
+                args = [vals[i] if i >= 0 else lit for i, lit in zip(st.ins, st.lits)]
+                vals[st.out] = st.op.forward(*args, **st.kw)
+            elif type(st) is MatvecStep:
+                vals[st.out] = MATVEC.forward(vals[st.w], vals[st.x])
             else:
-                _, fwd, _, ins, outs, widths, keep_at, saved, dtype, _, _ = st
-                args = [np.asarray(vals[i]) for i in ins]  # a kernel needs arrays, not scalars
+                args = [np.asarray(vals[i]) for i in st.ins]  # a kernel needs arrays
                 B = next(a.shape[0] for a in args if a.ndim == 2)
-                res = [np.empty((B, w), dtype) for w in widths]
-                kept = [np.empty((B, w), dtype) for w in saved]
-                fwd(*args, *res, *kept)
-                for i, r in zip(outs + keep_at, res + kept):
+                res = [np.empty((B, w), st.dtype) for w in st.widths]
+                kept = [np.empty((B, w), st.dtype) for w in st.saved_widths]
+                st.forward(*args, *res, *kept)
+                for i, r in zip(st.outs + st.saved, res + kept):
                     vals[i] = r
         return _View(slots, vals, plan)
 
     def backward(self, prog, values, seeds, on_adjoint=None, wrt=None):
         """Adjoints of the program inputs. ``wrt``: the inputs whose adjoints are wanted
         (None: all); data inputs outside it get none computed."""
-        slots, steps = values.plan
+        slots, steps, watch = values.plan
         vals = values.vals
         adj = [None] * len(slots)
         deferred: dict[int, list] = {}  # weight slot -> (cotangent, vectors) of each use
         for k, g in seeds.items():
             adj[slots[k]] = np.asarray(g)
-        for n in range(len(steps) - 1, -1, -1):
-            st = steps[n]
-            if st[0] == "matvec":
-                _, _, (ia, ix), out, var, x_input = st
-                g = adj[out]
-                if g is None:
-                    continue
-                if on_adjoint is not None:
-                    on_adjoint(var, g)
-                deferred.setdefault(ia, []).append((g, vals[ix]))
-                if x_input is None or wrt is None or x_input in wrt:
-                    c = g @ vals[ia]
-                    adj[ix] = c if adj[ix] is None else adj[ix] + c
-                continue
-            if st[0] == "op":
-                _, _, vjp, ins, lits, out, kw, var = st
-                g = adj[out]
-                if g is None:
-                    continue
-                if on_adjoint is not None:
-                    on_adjoint(var, g)
-                args = [vals[i] if i >= 0 else lit for i, lit in zip(ins, lits)]
-                cots = vjp(g, vals[out], *args, **kw)
-                pairs = [(i, x, c) for i, x, c in zip(ins, args, cots)]
-            else:
-                _, _, bwd, ins, outs, widths, keep_at, _, dtype, out_vars, watch = st
-                gs = [adj[i] for i in outs]
+        for st in reversed(steps):
+            if type(st) is FusedStep:
+                gs = [adj[i] for i in st.outs]
                 if all(g is None for g in gs):
                     continue
                 if on_adjoint is not None:
-                    for v, g in zip(out_vars, gs):
+                    for v, g in zip(st.out_vars, gs):
                         if g is not None and v.name in watch:
                             on_adjoint(v, g)
-                args = [np.asarray(vals[i]) for i in ins]
+                args = [np.asarray(vals[i]) for i in st.ins]
                 B = next(a.shape[0] for a in args if a.ndim == 2)
-                gs = [np.zeros((B, w), dtype) if g is None else np.ascontiguousarray(g)
-                      for g, w in zip(gs, widths)]
-                grads = [np.zeros(a.shape, dtype) for a in args]
-                bwd(*args, *[vals[i] for i in keep_at], *gs, *grads)
-                pairs = list(zip(ins, args, grads))
+                gs = [np.zeros((B, w), st.dtype) if g is None else np.ascontiguousarray(g)
+                      for g, w in zip(gs, st.widths)]
+                grads = [np.zeros(a.shape, st.dtype) for a in args]
+                st.backward(*args, *[vals[i] for i in st.saved], *gs, *grads)
+                pairs = zip(st.ins, args, grads)
+            else:
+                g = adj[st.out]
+                if g is None:
+                    continue
+                if on_adjoint is not None:
+                    on_adjoint(st.var, g)
+                if type(st) is MatvecStep:
+                    deferred.setdefault(st.w, []).append((g, vals[st.x]))
+                    if st.x_input is not None and wrt is not None and st.x_input not in wrt:
+                        continue
+                    pairs = [(st.x, vals[st.x], g @ vals[st.w])]  # x's half of the VJP
+                else:
+                    args = [vals[i] if i >= 0 else lit for i, lit in zip(st.ins, st.lits)]
+                    pairs = zip(st.ins, args, st.op.vjp(g, vals[st.out], *args, **st.kw))
             for i, x, c in pairs:
                 if c is None or i < 0:
                     continue
                 if c.shape != x.shape:
                     c = unbroadcast(c, x.shape)
                 adj[i] = c if adj[i] is None else adj[i] + c
-        for ia, uses in deferred.items():  # one GEMM per weight for all its uses: sum_t g_t^T x_t
+        for w, uses in deferred.items():  # one GEMM per weight for all its uses: sum g_t^T x_t
             G = np.concatenate([g.reshape(-1, g.shape[-1]) for g, _ in uses])
             X = np.concatenate([x.reshape(-1, x.shape[-1]) for _, x in uses])
-            gA = G.T @ X
-            adj[ia] = gA if adj[ia] is None else adj[ia] + gA
+            adj[w] = G.T @ X if adj[w] is None else adj[w] + G.T @ X
         out = {}
         for v in prog.inputs:
             a = adj[slots[v.name]]
@@ -181,14 +196,6 @@ class Compiled:
                 if on_adjoint is not None:
                     on_adjoint(v, a)
         return out
-
-
-def _weight_matvec(e, slots, prog) -> bool:
-    """A matvec whose matrix is a program input (a weight): its cotangent is deferred."""
-    if e.op != "matvec" or not isinstance(e.inputs[0], ir.Var):
-        return False
-    A = e.inputs[0].name
-    return A in slots and slots[A] < len(prog.inputs)
 
 
 class _View(dict):
