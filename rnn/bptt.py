@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .executor import EXECUTORS
+from .lang import Ref
 from .losses import check_targets, loss_weights
 from .model import Model, check_mask
 
@@ -125,25 +126,28 @@ def _windows(model, xs, targets, weights, loss, at, initial_state, k12, mask, ex
     k1, k2 = k12
     B, T, _ = xs.shape
     cell = model.full
-    deepest = max([a.delay for nd in cell.nodes for a in nd.args if hasattr(a, "delay")])
+    deepest = max((a.delay for nd in cell.nodes for a in nd.args if isinstance(a, Ref)),
+                  default=0)
     if deepest > 1:
         raise ValueError(f"truncate=(k1, k2) needs a cell whose delays are all 1; this one "
                          f"reads v[t-{deepest}]: use truncate=k instead")
-    ex = EXECUTORS[executor]
-    prog, un = model.program(T, masked=mask is not None)
-    every = {v.name for n in list(cell.states) + cell.outputs for v in un.values[n]}
-    vals = ex.forward(prog, model.feed(un, xs, initial_state, mask), keep=every)
     if at == "last":  # the same loss, written per step: only step T-1 weighs
         full_t = np.zeros((B, T) + targets.shape[1:], targets.dtype)
         full_t[:, -1] = targets
         full_w = np.zeros((B, T) + weights.shape[1:], weights.dtype)
         full_w[:, -1] = weights
         targets, weights = full_t, full_w
+    # one forward pass over the whole sequence: the loss, and the states windows start from
+    prog, un = model.program(T, loss=loss, at="all", masked=mask is not None)
+    env = model.feed(un, xs, initial_state, mask)
+    env["targets"], env["weights"] = targets, weights
+    every = {v.name for n in list(cell.states) + cell.outputs for v in un.values[n]}
+    vals = EXECUTORS[executor].forward(prog, env, keep=every)
     ends = list(range(k1 - 1, T, k1))
     if ends[-1] != T - 1:
         ends.append(T - 1)
     total = None
-    adj_sum = {n: [0.0] * T for n in model.full.states}
+    adj_sum = {n: [0.0] * T for n in cell.states}
     start_loss = 0
     for e in ends:
         s = max(0, e - k2 + 1)
@@ -170,21 +174,13 @@ def _windows(model, xs, targets, weights, loss, at, initial_state, k12, mask, ex
             if s == 0:  # only windows that reach back to t = 0 see the initial state
                 for k, g in res.state_grads.items():
                     total.state_grads[k] += g
-        for n in model.full.states:  # the adjoint of a state at step t sums over windows
+        for n in cell.states:  # the adjoint of a state at step t sums over windows
             for t in range(s, e + 1):
                 adj_sum[n][t] = adj_sum[n][t] + res.adjoints.get(f"{n}@{t - s}", 0.0)
     norms = {n: np.array([np.linalg.norm(a) for a in adj_sum[n]]) for n in cell.states}
     ys = np.stack([vals[v.name] for v in un.outputs()], axis=1)
-    final = {n: vals[un.values[n][-1].name] for n in model.full.states}
-    total.loss, total.outputs = _weighted_loss(loss, ys, targets, weights), ys
+    final = {n: vals[un.values[n][-1].name] for n in cell.states}
+    total.loss, total.outputs = float(vals["loss"]), ys
     total.final_state, total.step_norms = _by_state(model, final), _by_state(model, norms)
     total.adjoints = {}
     return total
-
-
-def _weighted_loss(loss, ys, targets, weights):
-    if loss == "mse":
-        return float(np.sum(weights * (ys - targets) ** 2))
-    z = ys - ys.max(-1, keepdims=True)
-    logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
-    return float(-np.sum(weights * np.take_along_axis(logp, targets[..., None], -1)[..., 0]))
