@@ -4,13 +4,13 @@ Each takes ``call(op_name, *operands, **params)``: the eager Tensor and the prog
 builder both provide one, so a composite is written once for both.
 """
 
+from .errors import ShapeError
+
 
 def split(call, x, n: int, axis: int = -1):
     """n equal parts of x along ``axis`` (slices, so the gradient is exact)."""
     size = x.shape[axis]
     if size % n:
-        from .errors import ShapeError
-
         raise ShapeError(f"split: dim {axis} of {list(x.shape)} has size {size}, which does not "
                          f"divide into {n} equal parts")
     part = size // n

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from engine.errors import DTypeError
 from engine.ir import Builder, Program
 
 from .unroll import Unrolled
@@ -63,7 +64,7 @@ def check_targets(loss: str, at: str, targets, B: int, T: int, O: int, dtype) ->
             raise ValueError(f"targets for loss='mse', at='{at}' must be {want}, got "
                              f"{targets.shape}")
         if targets.dtype != dtype:
-            raise TypeError(f"targets are {targets.dtype} but the model is {dtype}; pass "
+            raise DTypeError(f"targets are {targets.dtype} but the model is {dtype}; pass "
                             f"targets.astype(np.{dtype})")
         if not np.all(np.isfinite(targets)):
             raise ValueError("targets hold NaN or inf values")
@@ -72,7 +73,7 @@ def check_targets(loss: str, at: str, targets, B: int, T: int, O: int, dtype) ->
         raise ValueError(f"targets for loss='cross_entropy', at='{at}' are class indices of "
                          f"shape {lead}, got {targets.shape}")
     if targets.dtype.kind not in "iu":
-        raise TypeError(f"cross-entropy targets are integer class indices, got {targets.dtype}")
+        raise DTypeError(f"cross-entropy targets are integer class indices, got {targets.dtype}")
     if targets.size and (targets.min() < 0 or targets.max() >= O):
         raise ValueError(f"class indices must lie in [0, {O}), got {targets.min()}.."
                          f"{targets.max()}")
