@@ -72,11 +72,16 @@ def _sizes(text: str | None) -> dict[str, int]:
     return out
 
 
+def _cell(args):
+    """The CELL argument with the size flags: a Cell (or a Model from module:attr)."""
+    return load_cell(args.cell, args.input_size, args.hidden_size,
+                     _sizes(args.inputs) or None, _sizes(args.states) or None)
+
+
 def _model(args, head: int | None = 1):
     import rnn
 
-    obj = load_cell(args.cell, args.input_size, args.hidden_size, _sizes(args.inputs) or None,
-                    _sizes(args.states) or None)
+    obj = _cell(args)
     if isinstance(obj, rnn.Model):
         return obj
     return rnn.Model(obj, layers=args.layers, head=head, seed=args.seed)
@@ -108,14 +113,10 @@ def cmd_render(args):
         g = render.gradients(model, xs, ys[:, -1], at="last", truncate=args.truncate,
                              compact=args.compact)
     elif args.steps:
-        target = _model(args, head=None) if args.layers > 1 else load_cell(
-            args.cell, args.input_size, args.hidden_size, _sizes(args.inputs) or None,
-            _sizes(args.states) or None)
+        target = _model(args, head=None) if args.layers > 1 else _cell(args)
         g = render.unrolled(target, steps=args.steps, compact=args.compact)
     else:
-        cell = load_cell(args.cell, args.input_size, args.hidden_size,
-                         _sizes(args.inputs) or None, _sizes(args.states) or None)
-        g = render.cell(cell)
+        g = render.cell(_cell(args))
     print(render.save(g, out))
 
 
