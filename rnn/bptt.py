@@ -57,15 +57,9 @@ def bptt(model: Model, xs, targets, loss: str = "mse", at: str = "all", initial_
                           initial_state=initial_state, truncate=truncate, mask=mask)
     if executor not in EXECUTORS:
         raise ValueError(f"executor must be one of {sorted(EXECUTORS)}, got {executor!r}")
-    xs = model.check_xs(xs)
-    B, T, _ = xs.shape
-    O = model.output_size
-    if at not in ("all", "last"):
-        raise ValueError(f"at must be 'all' (many-to-many) or 'last' (many-to-one), got {at!r}")
-    targets = check_targets(loss, at, targets, B, T, O, model.dtype)
-    mask = check_mask(mask, (B, T), model.dtype)
+    xs, targets, mask, weights = checked(model, xs, targets, loss, at, mask)
+    T = xs.shape[1]
     truncate = _check_truncate(truncate)
-    weights = loss_weights(loss, at, B, T, O, mask, model.dtype)
     if isinstance(truncate, tuple) and truncate[0] < T:
         return _windows(model, xs, targets, weights, loss, at, initial_state, truncate, mask,
                         executor)
@@ -74,6 +68,19 @@ def bptt(model: Model, xs, targets, loss: str = "mse", at: str = "all", initial_
     k = truncate if truncate is not None and truncate < T else None
     return _run(model, xs, targets, weights, loss, at, initial_state, k, mask, executor,
                 keep_adjoints)
+
+
+def checked(model: Model, xs, targets, loss: str, at: str, mask):
+    """The batch as the loss program takes it: (xs, targets, mask, weights), or a clear
+    error for what does not fit the model."""
+    xs = model.check_xs(xs)
+    B, T, _ = xs.shape
+    O = model.output_size
+    if at not in ("all", "last"):
+        raise ValueError(f"at must be 'all' (many-to-many) or 'last' (many-to-one), got {at!r}")
+    targets = check_targets(loss, at, targets, B, T, O, model.dtype)
+    mask = check_mask(mask, (B, T), model.dtype)
+    return xs, targets, mask, loss_weights(loss, at, B, T, O, mask, model.dtype)
 
 
 def _run(model, xs, targets, weights, loss, at, initial_state, k, mask, executor,

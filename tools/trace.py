@@ -21,14 +21,13 @@ def _vec(a: np.ndarray, width: int = 4) -> str:
 def trace(model, xs, targets, loss: str = "mse", at: str = "all", example: int = 0,
           show_temps: bool = False) -> str:
     """A readable table of one BPTT pass of ``model`` on (xs, targets)."""
-    xs = model.check_xs(xs)
+    from rnn.bptt import checked
+
+    xs, targets, _, weights = checked(model, xs, targets, loss, at, None)
     B, T, _ = xs.shape
     res_prog, un = model.program(T, loss=loss, at=at)
-    from rnn.losses import check_targets, loss_weights
-
     env = model.feed(un, xs)
-    env["targets"] = check_targets(loss, at, targets, B, T, model.output_size, model.dtype)
-    env["weights"] = loss_weights(loss, at, B, T, model.output_size, None, model.dtype)
+    env["targets"], env["weights"] = targets, weights
     vals = ir.interpret(res_prog, env)
     per_step: dict[str, dict[int, np.ndarray]] = {p: {} for p in model.params}
 
