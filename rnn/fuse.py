@@ -142,10 +142,13 @@ def find_regions(prog: Program, keep=(), watch=()) -> tuple[list, dict[int, Regi
                 members = sorted((m for r in merged for m in r.members),
                                  key=lambda m: defined_at[m.out.name]) + [e]
                 at = min(start[id(r)] for r in merged)  # the merged region runs here
-                if ready(members) < at:
+                last = ready(members)
+                if last < at:
                     for r in merged[1:]:
                         del regions[id(r)]
-                    t.members, t.ready, start[id(t)] = members, ready(members), at
+                        for m in r.members:
+                            region_of[m.out.name] = t
+                    t.members, t.ready, start[id(t)] = members, last, at
                     joined = t
                     break
             # ... or alone: then only e's own outside reads are new
@@ -160,8 +163,7 @@ def find_regions(prog: Program, keep=(), watch=()) -> tuple[list, dict[int, Regi
             joined = Region([e], [], [], ready=ready([e]))
             start[id(joined)] = i
             regions[id(joined)] = joined
-        for m in joined.members:
-            region_of[m.out.name] = joined
+        region_of[e.out.name] = joined
     items: list = sorted([i for i in range(len(prog.eqns)) if not fusable[i]]
                          + list(regions.values()),
                          key=lambda x: x if isinstance(x, int) else start[id(x)])
