@@ -1,5 +1,9 @@
 """Pictures: what the graphviz source says, and that it lays out to SVG."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -58,3 +62,53 @@ def test_save_svg_png_dot(tmp_path):
     assert render.save(g, tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(render.RenderError, match="use a .svg"):
         render.save(g, tmp_path / "c.jpg")
+
+
+# ------------------------------------------------------------------ finding dot safely
+def _render_in_subprocess(tmp_path, path_dirs, code):
+    env = dict(os.environ, PATH=os.pathsep.join([*map(str, path_dirs), "/usr/bin", "/bin"]))
+    return subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_a_dot_planted_in_a_folder_others_can_write_never_runs(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)  # like /tmp
+    marker = tmp_path / "ran"
+    (shared / "dot").write_text(f"#!/bin/sh\ntouch {marker}\n")
+    (shared / "dot").chmod(0o755)
+    code = ("import os, rnn; from tools import render\n"
+            "assert render.find_dot() is None or 'shared' not in str(render.find_dot())\n"
+            "g = render.cell(rnn.cells.elman(1, 2))\n"
+            "try:\n    render.save(g, 'c.svg')\nexcept render.RenderError:\n    pass\n"
+            "print(os.environ['PATH'].split(os.pathsep)[0])")
+    out = _render_in_subprocess(tmp_path, [shared], code)
+    assert out.returncode == 0, out.stderr
+    assert not marker.exists()
+    assert out.stdout.strip() == str(shared)  # PATH is left as it was: nothing prepended
+
+
+def test_a_dangling_dot_link_does_not_break_rendering(tmp_path):
+    mine = tmp_path / "bin"
+    mine.mkdir()
+    (mine / "dot").symlink_to(tmp_path / "deleted-venv" / "bin" / "graphviz-pure")
+    code = ("import rnn; from tools import render\n"
+            "if render.find_dot() is not None:\n"
+            "    render.save(render.cell(rnn.cells.elman(1, 2)), 'c.svg')\n"
+            "    print('rendered')")
+    out = _render_in_subprocess(tmp_path, [mine], code)
+    assert out.returncode == 0, out.stderr
+    if render.find_dot() is not None:
+        assert out.stdout.strip() == "rendered"
+
+
+def test_a_digraph_shows_inline_before_any_save(tmp_path):
+    if render.find_dot() is None:
+        pytest.skip("no dot and no graphviz-pure here")
+    code = ("import rnn; from tools import render\n"  # what Jupyter does to show a Digraph
+            "b = render.cell(rnn.cells.elman(1, 2))._repr_mimebundle_({'image/svg+xml'})\n"
+            "print('<svg' in b['image/svg+xml'])")
+    out = _render_in_subprocess(tmp_path, [], code)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "True"

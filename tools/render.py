@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import sys
 import sysconfig
-import tempfile
 from pathlib import Path
 
 import graphviz
@@ -33,28 +33,50 @@ class RenderError(UnrollError, RuntimeError):
 
 
 # ------------------------------------------------------------------ finding dot
-def ensure_dot() -> str:
-    """Path of a ``dot`` on PATH; puts graphviz-pure's binary there under that name if the
-    system has none. Raises RenderError when neither exists."""
-    found = shutil.which("dot")
-    if found:
-        return found
-    candidates = [shutil.which("graphviz-pure"),
-                  os.path.join(sysconfig.get_path("scripts"), "graphviz-pure")]
-    pure = next((c for c in candidates if c and os.path.exists(c)), None)
-    if pure is None:
+def _trusted(path: Path) -> bool:
+    """A file we may execute: it and its folder belong to us or root and nobody else can
+    write them (a folder others can write, like /tmp, could have a planted ``dot``)."""
+    try:
+        for p in (path, path.parent):
+            st = p.stat()
+            if st.st_uid not in (0, os.getuid()) or st.st_mode & 0o002:
+                return False
+            if st.st_mode & 0o020 and st.st_gid != os.getgid():  # a group of others
+                return False
+    except OSError:
+        return False
+    return os.access(path, os.X_OK) and path.is_file()
+
+
+def find_dot() -> Path | None:
+    """Absolute path of the Graphviz binary: the system's ``dot`` on PATH, else the
+    ``graphviz-pure`` binary of the environment unroll runs in. Nothing is linked or put
+    on PATH; candidates in folders other users can write are passed over."""
+    here = Path(sys.executable).parent
+    candidates = [shutil.which("dot"), shutil.which("graphviz-pure"),
+                  os.path.join(sysconfig.get_path("scripts"), "graphviz-pure"),
+                  here / "graphviz-pure"]
+    for c in candidates:
+        if c and _trusted(Path(c).resolve()):
+            return Path(c).resolve()
+    return None
+
+
+def ensure_dot() -> Path:
+    """The Graphviz binary, by absolute path, set as the one the ``graphviz`` package
+    runs (so a Digraph shows inline in Jupyter from the first cell). RenderError if none."""
+    found = find_dot()
+    if found is None:
         raise RenderError("Graphviz 'dot' was not found: `pip install graphviz-pure` (a "
                           "dot-compatible binary) or `apt-get install graphviz`")
-    shim = Path(tempfile.gettempdir()) / f"unroll-dot-{os.getuid()}"
-    shim.mkdir(exist_ok=True)
-    link = shim / "dot"
-    if not link.exists():
-        try:
-            link.symlink_to(pure)
-        except FileExistsError:  # another process made it first
-            pass
-    os.environ["PATH"] = f"{shim}{os.pathsep}{os.environ.get('PATH', '')}"
-    return str(link)
+    graphviz.backend.dot_command.DOT_BINARY = found
+    return found
+
+
+try:  # at import, so that a Digraph shows inline in Jupyter from the first cell
+    ensure_dot()
+except RenderError:
+    pass  # save() says so when it needs dot
 
 
 def save(graph: graphviz.Digraph, path: str | os.PathLike) -> Path:
