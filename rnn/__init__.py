@@ -7,14 +7,17 @@
 True
 """
 
-from . import cells, interop, optim, tasks
 from .bptt import BPTTResult, bptt
-from .builder import CellBuilder
-from .cell import Cell
+from .data import tasks
+from .io import interop
+from .lang import library as cells
+from .lang.builder import CellBuilder
+from .lang.cell import Cell
 from .model import Model
+from .program.unroll import Unrolled, unroll
 from .seq2seq import Seq2Seq
-from .train import History, fit
-from .unroll import Unrolled, unroll
+from .train import optim
+from .train.fit import History, fit
 
 __all__ = ["BPTTResult", "Cell", "CellBuilder", "History", "Model", "Seq2Seq", "Unrolled",
            "bptt", "cells", "fit", "interop", "optim", "tasks", "unroll"]

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .executor import EXECUTORS
-from .lang import Ref
+from .lang.parse import Ref
 from .losses import check_targets, loss_weights
 from .model import Model, check_mask
+from .program.executor import EXECUTORS
 
 
 @dataclass

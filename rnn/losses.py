@@ -12,7 +12,7 @@ import numpy as np
 from engine.errors import DTypeError
 from engine.ir import Builder, Program
 
-from .unroll import Unrolled
+from .program.unroll import Unrolled
 
 LOSSES = ("mse", "cross_entropy")
 

@@ -12,9 +12,9 @@ import numpy as np
 from engine.errors import DTypeError, ShapeError
 from engine.ir import Program
 
-from .cell import Cell
-from .executor import EXECUTORS
-from .unroll import Unrolled, unroll
+from .lang.cell import Cell
+from .program.executor import EXECUTORS
+from .program.unroll import Unrolled, unroll
 
 
 def _suffix(name: str, k: int) -> str:

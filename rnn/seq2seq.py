@@ -20,11 +20,11 @@ import numpy as np
 from engine.ir import Eqn, Program, Var
 
 from .bptt import BPTTResult
-from .cell import Cell
-from .executor import EXECUTORS
+from .lang.cell import Cell
 from .losses import add_loss, check_targets, loss_weights
 from .model import Model
-from .unroll import Unrolled, unroll
+from .program.executor import EXECUTORS
+from .program.unroll import Unrolled, unroll
 
 
 def prefixed(prog: Program, prefix: str, rename: dict[str, Var] | None = None) -> Program:

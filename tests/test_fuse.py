@@ -7,7 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import rnn
-from rnn import Cell, Model, cells, fuse
+from rnn import Cell, Model, cells
+from rnn.program import fuse
 
 
 def agree(model, xs, ys, atol=1e-10, **kw):

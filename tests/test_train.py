@@ -5,7 +5,7 @@ import pytest
 
 import rnn
 from rnn import Model, cells
-from rnn.train import clip_grad_norm
+from rnn.train.fit import clip_grad_norm
 
 
 def sine_task(n=32, T=12, seed=0):

@@ -12,7 +12,7 @@ import numpy as np
 def airline() -> tuple[list[str], np.ndarray]:
     """Monthly international airline passengers, thousands, 1949-01 .. 1960-12 (Box &
     Jenkins series G; ships inside the package)."""
-    text = resources.files("rnn.data").joinpath("airline-passengers.csv").read_text()
+    text = resources.files(__package__).joinpath("airline-passengers.csv").read_text()
     rows = list(csv.reader(io.StringIO(text)))[1:]
     return [r[0] for r in rows], np.array([float(r[1]) for r in rows])
 

@@ -16,8 +16,8 @@ import networkx as nx
 
 from engine.ir import Builder, Eqn, Program, Var, run_passes
 
-from .cell import Cell
-from .lang import Ref
+from ..lang.cell import Cell
+from ..lang.parse import Ref
 
 FULL = (None, None, None)
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import cells
-from .model import Model
+from ..lang import library as cells
+from ..model import Model
 
 GATES = {"lstm": 4, "gru": 3, "rnn": 1, "elman": 1}
 

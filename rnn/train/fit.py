@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .bptt import bptt
-from .model import Model
+from ..bptt import bptt
+from ..model import Model
 from .optim import Adam
 
 

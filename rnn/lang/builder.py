@@ -13,7 +13,7 @@ checks and shape inference as a written one.
 from __future__ import annotations
 
 from .cell import Cell
-from .lang import FUNCS
+from .parse import FUNCS
 
 
 class Expr:

@@ -16,7 +16,7 @@ import networkx as nx
 
 from engine.errors import AlgebraicLoopError, CellError
 
-from .lang import Node, Ref, parse
+from .parse import Node, Ref, parse
 
 
 # ---------------------------------------------------------------- dimension solver

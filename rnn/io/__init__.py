@@ -1,0 +1,1 @@
+"""Weights in and out: PyTorch and Keras interop."""

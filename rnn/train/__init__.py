@@ -1,0 +1,1 @@
+"""Training: fit, optimizers."""
