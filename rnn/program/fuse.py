@@ -17,15 +17,13 @@ from __future__ import annotations
 
 import hashlib
 import heapq
-import importlib.util
-import os
-import sys
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from engine import kernels as _kernels
 from engine.ir import Lit, Program, Var
+
+from . import cache
 
 FUSABLE = {"add", "sub", "mul", "div", "neg", "pow", "exp", "log", "tanh", "sigmoid", "relu",
            "softplus", "copy", "slice"}
@@ -360,21 +358,6 @@ def _source(r: Region) -> str:
 
 
 # ------------------------------------------------------------------ the kernel cache
-def cache_dir() -> Path:
-    base = os.environ.get("UNROLL_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "unroll")
-    path = Path(base) / "kernels"
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".probe"
-        probe.write_text("")
-        return path
-    except OSError:
-        path = Path(tempfile.gettempdir()) / f"unroll-kernels-{os.getuid()}"
-        path.mkdir(exist_ok=True)
-        return path
-
-
 _loaded: dict[str, object] = {}
 
 
@@ -383,17 +366,5 @@ def kernels(r: Region):
     generated and compiled once."""
     mod = _loaded.get(r.key)
     if mod is None:
-        src = _source(r)
-        digest = hashlib.sha1(src.encode()).hexdigest()[:16]
-        path = cache_dir() / f"region_{digest}.py"
-        if not path.exists() or path.read_text() != src:
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
-            tmp.write_text(src)
-            os.replace(tmp, path)
-        name = f"unroll_region_{digest}"
-        spec = importlib.util.spec_from_file_location(name, path)
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod  # Numba's cache finds a function's module by name
-        spec.loader.exec_module(mod)
-        _loaded[r.key] = mod
+        mod = _loaded[r.key] = cache.load(_source(r), "region")
     return mod.forward, mod.backward, mod.SAVED_WIDTHS
