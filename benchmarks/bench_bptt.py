@@ -1,11 +1,12 @@
 """Speed of one BPTT training step against the peers: ``python benchmarks/bench_bptt.py``.
 
-Same as ``unroll bench``; numbers go in the issue notes, never in tests.
+Same as ``unroll bench`` and takes the same options (--quick, --only, --dtype, --busy,
+--json); numbers go in the issue notes, never in tests.
 """
 
 import sys
 
-from tools.bench import main
+from tools.cli import main
 
 if __name__ == "__main__":
-    main(quick="--quick" in sys.argv, dtype="float64" if "--float64" in sys.argv else "float32")
+    sys.exit(main(["bench", *sys.argv[1:]]))

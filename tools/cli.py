@@ -197,7 +197,8 @@ def cmd_train(args):
 def cmd_bench(args):
     from . import bench
 
-    bench.main(quick=args.quick, only=args.only, dtype=args.dtype)
+    return bench.main(quick=args.quick, only=args.only, dtype=args.dtype, busy=args.busy,
+                      json_path=args.json)
 
 
 # ------------------------------------------------------------------ parser
@@ -288,10 +289,18 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--truncate", type=int, default=None)
     sp.set_defaults(func=cmd_train, hidden_size=16)
 
-    sp = add("bench", "time a BPTT training step against PyTorch, JAX and numpy, side by side")
-    sp.add_argument("--quick", action="store_true", help="the small workloads only")
-    sp.add_argument("--only", default="", help="comma-separated workload names")
-    sp.add_argument("--dtype", default="float32")
+    sp = add("bench", "time a BPTT training step against PyTorch and JAX, side by side "
+                      "(peers that are not installed are skipped)")
+    sp.add_argument("--quick", action="store_true",
+                    help="three small workloads: tiny-lstm, small-lstm, custom-mgu")
+    sp.add_argument("--only", default="", metavar="NAME[,NAME]",
+                    help="these workloads: tiny-lstm, small-lstm, small-gru, medium-lstm, "
+                         "long-elman, custom-mgu")
+    sp.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    sp.add_argument("--busy", action="store_true",
+                    help="run everything again beside one process spinning on one core, "
+                         "and print each contender's slowdown busy / quiet")
+    sp.add_argument("--json", metavar="FILE", help="write every number to FILE")
     sp.set_defaults(func=cmd_bench)
     return p
 
