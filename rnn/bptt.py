@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from engine import ir
+
 from .lang.parse import Ref
-from .losses import check_targets, loss_weights
+from .losses import check_targets, loss_program, loss_weights
 from .model import Model, check_mask
 from .program.executor import EXECUTORS
 
@@ -85,6 +87,62 @@ def checked(model: Model, xs, targets, loss: str, at: str, mask):
 
 def _run(model, xs, targets, weights, loss, at, initial_state, k, mask, executor,
          keep_adjoints=False, carried=None):
+    plan = model.plan(mask is not None) if executor == "compiled" else None
+    run = _run_plan if plan is not None else _run_program
+    lval, adj, norms, ys, final, kept = run(model, plan, xs, targets, weights, loss, at,
+                                           initial_state, k, mask, executor, keep_adjoints,
+                                           carried)
+    B = xs.shape[0]
+    grads = {p: adj.get(p, np.zeros_like(v)) for p, v in model.params.items()}
+    per_layer = {n: adj.get(f"{n}@init", np.zeros((B, model.full.states[n]), model.dtype))
+                 for n in model.full.states}
+    given = set(initial_state or {})
+    for s in model.learn_initial:  # one learned vector, broadcast over the batch
+        if s not in given:
+            for n in model.layer_names(s):
+                grads[f"init_{n}"] = per_layer[n].sum(axis=0)
+    return BPTTResult(lval, grads, _by_state(model, per_layer), _by_state(model, norms), ys,
+                      _by_state(model, final), kept)
+
+
+def _run_plan(model, plan, xs, targets, weights, loss, at, initial_state, k, mask, executor,
+              keep_adjoints, carried):
+    """The compiled loops (rnn/program/loop.py); the loss of all steps at once."""
+    T = xs.shape[1]
+    carried = {n.removesuffix("@init"): v for n, v in (carried or {}).items()}
+    feed, init = model.loop_inputs(plan, xs, initial_state, mask, carried)
+    params = model.step_params(plan)
+    vals = plan.forward(feed, params, init)
+    out = model.full.outputs[0]
+    lval, dY = _loss(model, vals[out], targets, weights, loss, at)
+    gparams, ginit, norms, kept = plan.backward(vals, {out: dY}, params, init, truncate=k,
+                                                keep_adjoints=keep_adjoints)
+    adj = {**gparams, **{f"{n}@init": g for n, g in ginit.items()}}
+    states = model.full.states
+    norms = {n: norms.get(n, np.zeros(T)) for n in states}
+    kept = {f"{n}@{t}": a[t] for n, a in kept.items() if n in states for t in range(T)}
+    final = {n: vals[n][-1] for n in states}
+    return lval, adj, norms, vals[out].transpose(1, 0, 2), final, kept
+
+
+def _loss(model, Y, targets, weights, loss, at):
+    """The loss of the outputs of every step, Y (T, B, O), and dL/dY."""
+    T, _, O = Y.shape
+    prog = loss_program(loss, at, T, O, model.dtype)
+    y = Y.transpose(1, 0, 2) if at == "all" else Y[-1]
+    vals = ir.interpret(prog, {"Y": y, "targets": targets, "weights": weights})
+    gy = ir.backward(prog, vals, {"loss": np.ones((), model.dtype)})["Y"]
+    dY = np.zeros_like(Y)
+    if at == "all":
+        dY[...] = gy.transpose(1, 0, 2)
+    else:
+        dY[-1] = gy
+    return float(vals["loss"]), dY
+
+
+def _run_program(model, plan, xs, targets, weights, loss, at, initial_state, k, mask, executor,
+                 keep_adjoints, carried):
+    """The unrolled program, walked by an executor of rnn/program/executor.py."""
     B, T, _ = xs.shape
     ex = EXECUTORS[executor]
     prog, un = model.program(T, loss=loss, at=at, masked=mask is not None, truncate=k)
@@ -108,18 +166,9 @@ def _run(model, xs, targets, weights, loss, at, initial_state, k, mask, executor
 
     wrt = set(model.params) | {v.name for v in un.init.values()}
     adj = ex.backward(prog, vals, {"loss": np.ones((), model.dtype)}, seen, wrt)
-    grads = {p: adj.get(p, np.zeros_like(v)) for p, v in model.params.items()}
-    per_layer = {n: adj.get(f"{n}@init", np.zeros((B, model.full.states[n]), model.dtype))
-                 for n in model.full.states}
-    given = set(initial_state or {})
-    for s in model.learn_initial:  # one learned vector, broadcast over the batch
-        if s not in given:
-            for n in model.layer_names(s):
-                grads[f"init_{n}"] = per_layer[n].sum(axis=0)
     final = {n: vals[un.values[n][-1].name] for n in model.full.states}
     ys = np.stack([vals[v.name] for v in un.outputs()], axis=1)
-    return BPTTResult(float(vals["loss"]), grads, _by_state(model, per_layer),
-                      _by_state(model, norms), ys, _by_state(model, final), kept)
+    return float(vals["loss"]), adj, norms, ys, final, kept
 
 
 def _by_state(model, per_layer):
@@ -145,11 +194,8 @@ def _windows(model, xs, targets, weights, loss, at, initial_state, k12, mask, ex
         full_w[:, -1] = weights
         targets, weights = full_t, full_w
     # one forward pass over the whole sequence: the loss, and the states windows start from
-    prog, un = model.program(T, loss=loss, at="all", masked=mask is not None)
-    env = model.feed(un, xs, initial_state, mask)
-    env["targets"], env["weights"] = targets, weights
-    every = {v.name for n in list(cell.states) + cell.outputs for v in un.values[n]}
-    vals = EXECUTORS[executor].forward(prog, env, keep=every)
+    lval, ys, value, delayed = _whole(model, xs, targets, weights, loss, initial_state, mask,
+                                      executor)
     ends = list(range(k1 - 1, T, k1))
     if ends[-1] != T - 1:
         ends.append(T - 1)
@@ -163,9 +209,8 @@ def _windows(model, xs, targets, weights, loss, at, initial_state, k12, mask, ex
         start_loss = e + 1
         init, carried = initial_state, {}
         if s > 0:  # start from the forward pass's values at s-1, detached
-            init = _by_state(model, {n: vals[un.values[n][s - 1].name] for n in cell.states})
-            carried = {f"{n}@init": vals[un.values[n][s - 1].name] for n in un.init
-                       if n in un.values and n not in cell.states}
+            init = _by_state(model, {n: value(n, s - 1) for n in cell.states})
+            carried = {f"{n}@init": value(n, s - 1) for n in delayed if n not in cell.states}
             carried.update({f"{x}@init": xs[:, s - 1] for x in cell.input_delays})
         sl = slice(s, e + 1)
         res = _run(model, xs[:, sl], targets[:, sl], w[:, sl], loss, "all", init, None,
@@ -185,9 +230,31 @@ def _windows(model, xs, targets, weights, loss, at, initial_state, k12, mask, ex
             for t in range(s, e + 1):
                 adj_sum[n][t] = adj_sum[n][t] + res.adjoints.get(f"{n}@{t - s}", 0.0)
     norms = {n: np.array([np.linalg.norm(a) for a in adj_sum[n]]) for n in cell.states}
-    ys = np.stack([vals[v.name] for v in un.outputs()], axis=1)
-    final = {n: vals[un.values[n][-1].name] for n in cell.states}
-    total.loss, total.outputs = float(vals["loss"]), ys
+    final = {n: value(n, T - 1) for n in cell.states}
+    total.loss, total.outputs = lval, ys
     total.final_state, total.step_norms = _by_state(model, final), _by_state(model, norms)
     total.adjoints = {}
     return total
+
+
+def _whole(model, xs, targets, weights, loss, initial_state, mask, executor):
+    """One forward pass over the whole sequence: (loss, outputs (B, T, O), the value of
+    a cell variable at a step, the variables read with a delay)."""
+    T = xs.shape[1]
+    plan = model.plan(mask is not None) if executor == "compiled" else None
+    if plan is not None:
+        feed, init = model.loop_inputs(plan, xs, initial_state, mask)
+        vals = plan.forward(feed, model.step_params(plan), init)
+        Y = vals[model.full.outputs[0]]
+        return (_loss(model, Y, targets, weights, loss, "all")[0], Y.transpose(1, 0, 2),
+                lambda n, t: vals[n][t], [s for s in plan.step.states
+                                          if s not in model.full.inputs])
+    prog, un = model.program(T, loss=loss, at="all", masked=mask is not None)
+    env = model.feed(un, xs, initial_state, mask)
+    env["targets"], env["weights"] = targets, weights
+    cell = model.full
+    every = {v.name for n in list(cell.states) + cell.outputs for v in un.values[n]}
+    vals = EXECUTORS[executor].forward(prog, env, keep=every)
+    ys = np.stack([vals[v.name] for v in un.outputs()], axis=1)
+    return (float(vals["loss"]), ys, lambda n, t: vals[un.values[n][t].name],
+            [n for n in un.init if n in un.values])

@@ -7,6 +7,8 @@ w = 1 / (number of counted elements).
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 from engine.errors import DTypeError
@@ -18,19 +20,36 @@ LOSSES = ("mse", "cross_entropy")
 
 
 def add_loss(un: Unrolled, loss: str, at: str) -> Program:
-    if loss not in LOSSES:
-        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
-    if at not in ("all", "last"):
-        raise ValueError(f"at must be 'all' (many-to-many) or 'last' (many-to-one), got {at!r}")
+    """The unrolled program with the loss appended (its output is the scalar ``loss``)."""
+    _check(loss, at)
     prog = un.program
     b = Builder.extend(prog, prog.outputs[0].dtype)
     ys = un.outputs()
-    O = ys[0].shape[-1]
     if at == "all":
         y = b.call("stack", *ys, axis=1, name="Y")
         lead = ("B", un.steps)
     else:
         y, lead = ys[-1], ("B",)
+    return _append(b, y, lead, ys[0].shape[-1], loss)
+
+
+@lru_cache(maxsize=64)
+def loss_program(loss: str, at: str, steps: int, O: int, dtype: str) -> Program:
+    """The loss alone, of the outputs ``Y`` of every step (B, T, O), or of the last (B, O)."""
+    _check(loss, at)
+    b = Builder(dtype)
+    lead = ("B", steps) if at == "all" else ("B",)
+    return _append(b, b.input("Y", lead + (O,)), lead, O, loss)
+
+
+def _check(loss, at):
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    if at not in ("all", "last"):
+        raise ValueError(f"at must be 'all' (many-to-many) or 'last' (many-to-one), got {at!r}")
+
+
+def _append(b: Builder, y, lead: tuple, O: int, loss: str) -> Program:
     if loss == "mse":
         target = b.input("targets", lead + (O,))
         w = b.input("weights", lead + (1,))

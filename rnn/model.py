@@ -14,6 +14,7 @@ from engine.ir import Program
 
 from .lang.cell import Cell
 from .program.executor import EXECUTORS
+from .program.loop import Plan, Unsupported
 from .program.unroll import Unrolled, unroll
 
 
@@ -86,6 +87,7 @@ class Model:
         self.output_size = self.full.shapes[self.full.outputs[0]][0]
         self.params = self.init_params(seed)
         self._programs: dict[tuple, tuple[Program, Unrolled]] = {}
+        self._plans: dict[bool, Plan | None] = {}
 
     def __repr__(self):
         n = sum(p.size for p in self.params.values())
@@ -145,7 +147,14 @@ class Model:
                              f"casts silently: pass {what}.astype(np.{self.dtype})")
 
     def initial_env(self, un: Unrolled, B: int, initial_state) -> dict[str, np.ndarray]:
-        """Values for every ``@init`` input: zeros unless ``initial_state`` gives them."""
+        """Values for every ``@init`` input of the unrolled program."""
+        widths = {name: v.shape[-1] for name, v in un.init.items()}
+        return {f"{n}@init": v for n, v in self.initial_values(B, initial_state,
+                                                               widths).items()}
+
+    def initial_values(self, B: int, initial_state, widths: dict) -> dict[str, np.ndarray]:
+        """The (B, w) initial value of every name in ``widths`` (states, and delayed inputs
+        and masked outputs): zeros unless ``initial_state`` gives it or it is learned."""
         env = {}
         given = dict(initial_state or {})
         unknown = set(given) - set(self.cell.states)
@@ -162,15 +171,14 @@ class Model:
             if not np.all(np.isfinite(arr)):
                 raise ValueError(f"initial_state['{s}'] holds NaN or inf values")
             for k, name in enumerate(self.layer_names(s)):
-                env[f"{name}@init"] = arr if self.layers == 1 else arr[k]
+                env[name] = arr if self.layers == 1 else arr[k]
         for s in self.learn_initial:
             for name in self.layer_names(s):
-                env.setdefault(f"{name}@init", np.broadcast_to(
+                env.setdefault(name, np.broadcast_to(
                     self.params[f"init_{name}"], (B, self.cell.states[s])))
-        for name, v in un.init.items():
-            key = f"{name}@init"
-            if key not in env:
-                env[key] = np.zeros((B,) + tuple(v.shape[1:]), self.dtype)
+        for name, w in widths.items():
+            if name not in env:
+                env[name] = np.zeros((B, w), self.dtype)
         return env
 
     # ------------------------------------------------------------ running
@@ -199,12 +207,42 @@ class Model:
                 env[f"mask@{t}"] = mask[:, t, None]
         return env
 
+    def plan(self, masked: bool = False):
+        """The loop plan of the whole stack (rnn/program/loop.py), compiled once; None
+        when the cell has something the loop compiler does not generate."""
+        if masked not in self._plans:
+            try:
+                self._plans[masked] = Plan(self.full, self.dtype, masked)
+            except Unsupported:
+                self._plans[masked] = None
+        return self._plans[masked]
+
+    def loop_inputs(self, plan, xs, initial_state=None, mask=None, carried=None):
+        """What a plan runs on: inputs (T, B, w) and initial values (B, w)."""
+        (x,) = self.full.inputs
+        feed = {x: np.ascontiguousarray(xs.transpose(1, 0, 2))}
+        if mask is not None:
+            feed["mask"] = np.ascontiguousarray(mask.T[:, :, None])
+        widths = {s: plan.step.widths[s] for s in plan.step.states}
+        init = self.initial_values(xs.shape[0], initial_state, widths)
+        init.update(carried or {})
+        return feed, init
+
+    def step_params(self, plan) -> dict[str, np.ndarray]:
+        return {p: self.params[p] for p in plan.step.params}
+
     def forward(self, xs, initial_state=None, mask=None, executor: str = "compiled"):
         """Run the model: xs (B, T, I) -> ys (B, T, O) and the final state of every layer."""
         xs = self.check_xs(xs)
         mask = check_mask(mask, xs.shape[:2], self.dtype)
-        prog, un = self.program(xs.shape[1], masked=mask is not None)
         names = [n for s in self.cell.states for n in self.layer_names(s)]
+        plan = self.plan(mask is not None) if executor == "compiled" else None
+        if plan is not None:
+            feed, init = self.loop_inputs(plan, xs, initial_state, mask)
+            vals = plan.forward(feed, self.step_params(plan), init)
+            ys = vals[self.full.outputs[0]].transpose(1, 0, 2)
+            return ys, self.split_layers({n: vals[n][-1] for n in names})
+        prog, un = self.program(xs.shape[1], masked=mask is not None)
         final = {un.values[n][-1].name for n in names}
         vals = EXECUTORS[executor].forward(prog, self.feed(un, xs, initial_state, mask),
                                            keep=final)

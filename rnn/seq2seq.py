@@ -109,10 +109,32 @@ class Seq2Seq:
         env.update({f"decoder.{k}": v for k, v in self.decoder.feed(dec, go).items()})
         return env
 
+    def _plans(self, executor):
+        if executor != "compiled":
+            return None
+        enc, dec = self.encoder.plan(), self.decoder.plan()
+        return None if enc is None or dec is None else (enc, dec)
+
+    def _loop_forward(self, plans, xs):
+        """Encoder loop, then decoder loop from the encoder's final states."""
+        enc, dec = plans
+        feed, init = self.encoder.loop_inputs(enc, xs)
+        evals = enc.forward(feed, self.encoder.step_params(enc), init)
+        go = np.zeros((xs.shape[0], self.out_steps, self.decoder.input_size), self.dtype)
+        dfeed, dinit = self.decoder.loop_inputs(dec, go)
+        for d, e in self.bridge.items():
+            dinit[f"{d}_l0"] = evals[f"{e}_l0"][-1]
+        dvals = dec.forward(dfeed, self.decoder.step_params(dec), dinit)
+        return evals, init, dvals, dinit
+
     def forward(self, xs, executor: str = "compiled"):
         """xs (B, T_in, I) -> decoder outputs (B, out_steps, O)."""
         xs = self.check_xs(xs)
         self._sync()
+        plans = self._plans(executor)
+        if plans is not None:
+            dvals = self._loop_forward(plans, xs)[2]
+            return dvals[self.decoder.full.outputs[0]].transpose(1, 0, 2)
         prog, un, enc, dec = self.program(xs.shape[1])
         vals = EXECUTORS[executor].forward(prog, self._env(enc, dec, xs))
         return np.stack([vals[v.name] for v in un.outputs()], axis=1)
@@ -137,13 +159,39 @@ class Seq2Seq:
         self._sync()
         B = xs.shape[0]
         T, O = self.out_steps, self.output_size
+        targets = check_targets(loss, at, targets, B, T, O, self.dtype)
+        weights = loss_weights(loss, at, B, T, O, None, self.dtype)
+        plans = self._plans(executor)
+        if plans is not None:
+            return self._loop_bptt(plans, xs, targets, weights, loss)
         prog, un, enc, dec = self.program(xs.shape[1], loss, at)
         env = self._env(enc, dec, xs)
-        env["targets"] = check_targets(loss, at, targets, B, T, O, self.dtype)
-        env["weights"] = loss_weights(loss, at, B, T, O, None, self.dtype)
+        env["targets"], env["weights"] = targets, weights
         ex = EXECUTORS[executor]
         vals = ex.forward(prog, env)
         adj = ex.backward(prog, vals, {"loss": np.ones((), self.dtype)})
         grads = {k: adj.get(k, np.zeros_like(v)) for k, v in self.params.items()}
         ys = np.stack([vals[v.name] for v in un.outputs()], axis=1)
         return BPTTResult(float(vals["loss"]), grads, {}, {}, ys, {})
+
+    def _loop_bptt(self, plans, xs, targets, weights, loss) -> BPTTResult:
+        """Decoder backward, across the bridge (the adjoint of the decoder's initial
+        states seeds the encoder's final step), then encoder backward."""
+        from .bptt import _loss
+
+        enc, dec = plans
+        evals, einit, dvals, dinit = self._loop_forward(plans, xs)
+        out = self.decoder.full.outputs[0]
+        lval, dY = _loss(self.decoder, dvals[out], targets, weights, loss, "all")
+        dgrads, dginit, _, _ = dec.backward(dvals, {out: dY}, self.decoder.step_params(dec),
+                                            dinit)
+        seeds = {}
+        for d, e in self.bridge.items():
+            seed = seeds.setdefault(f"{e}_l0", np.zeros_like(evals[f"{e}_l0"]))
+            seed[-1] += dginit[f"{d}_l0"]
+        egrads = enc.backward(evals, seeds, self.encoder.step_params(enc), einit)[0]
+        grads = {f"encoder.{k}": egrads.get(k, np.zeros_like(v))
+                 for k, v in self.encoder.params.items()}
+        grads.update({f"decoder.{k}": dgrads.get(k, np.zeros_like(v))
+                      for k, v in self.decoder.params.items()})
+        return BPTTResult(lval, grads, {}, {}, dvals[out].transpose(1, 0, 2), {})

@@ -1,0 +1,847 @@
+"""The loop compiler: the unrolled program rolled back into compiled time loops.
+
+Unrolling turns the cyclic cell (A -> A) into T copies of one step (A -> B). Every copy
+is the same computation, so for speed we compile the step once instead of walking the
+T copies. The step's nodes are split by the cycles of the cell graph (its strongly
+connected components, delay edges included), in topological order:
+
+- a node on no cycle is a **sweep**: it runs once over all T steps as one array op
+  (``W @ x`` of every step is one GEMM over (T*B, I); a head, a bias add, ...);
+- the nodes of one cycle are a **loop**: one generated Numba function runs them for
+  t = 0..T-1, and another runs their reverse mode for t = T-1..0. Per-step GEMMs go
+  to BLAS from inside the loop; elementwise math is written out as scalar loops over
+  (batch, feature) that call the vectorizable functions of engine/kernels.py.
+
+A stacked model is then loop, GEMM sweep, loop, ...: layer by layer, as cuDNN does.
+The weights' gradients of a loop's GEMMs are summed over all steps in one GEMM after
+the backward loop. What is generated depends on the cell, never on T: compile time and
+plan memory do not grow with T, only the activations do. ``Plan.source()`` prints the
+generated loops (``unroll compile CELL --show``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import networkx as nx
+import numpy as np
+
+from engine.ops import OPS, unbroadcast
+
+from ..lang.parse import Ref
+from . import cache, fuse
+from .unroll import lower
+
+ELEMENTWISE = set(fuse.FORWARD)
+LOOP_OPS = ELEMENTWISE | {"matvec", "slice", "sum", "mean", "softmax", "concat"}
+
+
+class Unsupported(Exception):
+    """The step has something the loop compiler does not generate (the caller falls back
+    to the program executor)."""
+
+
+# ------------------------------------------------------------------ the step
+@dataclass(frozen=True)
+class Arg:
+    kind: str  # "node", "input" (data: xs, mask), "param" or "lit"
+    name: str = ""
+    delay: int = 0
+    value: float = 0.0
+
+
+@dataclass
+class Node:
+    out: str
+    op: str  # a primitive of engine/ops.py
+    kw: dict
+    args: tuple
+    width: int  # features per example (1 for a scalar)
+
+
+@dataclass
+class Step:
+    """One time step of a cell as primitives; delayed reads are explicit."""
+
+    nodes: list
+    widths: dict  # every node, input and mask -> width
+    params: dict  # name -> shape
+    inputs: tuple  # data inputs (and "mask")
+    states: tuple  # what is read with a delay: needs an initial value
+    outputs: tuple
+    blend: frozenset  # the values truncation cuts (states; outputs too when masked)
+
+
+def _width(shape) -> int:
+    return int(shape[0]) if shape else 1
+
+
+def step_of(cell, masked: bool) -> Step:
+    """The step of ``cell``; ``masked`` adds the blend ``v = v[t-1] + m * (new - v[t-1])``
+    of every state and output, as the unroller does."""
+    blend = set(cell.states) | (set(cell.outputs) if masked else set())
+    widths = {x: n for x, n in cell.inputs.items()}
+
+    def arg(a):
+        if not isinstance(a, Ref):
+            return Arg("lit", value=float(a))
+        if a.name in cell.params:
+            return Arg("param", a.name)
+        return Arg("input" if a.name in cell.inputs else "node", a.name, a.delay)
+
+    nodes = []
+    for nd in cell.nodes:
+        op, kw = lower(cell, nd)
+        w = _width(cell.shapes[nd.out])
+        args = tuple(arg(a) for a in nd.args)
+        if masked and nd.out in blend:
+            new, diff, gate = (f"{nd.out}.{s}" for s in ("new", "diff", "gate"))
+            prev = Arg("node", nd.out, 1)
+            nodes += [Node(new, op, kw, args, w),
+                      Node(diff, "sub", {}, (Arg("node", new), prev), w),
+                      Node(gate, "mul", {}, (Arg("input", "mask"), Arg("node", diff)), w),
+                      Node(nd.out, "add", {}, (prev, Arg("node", gate)), w)]
+        else:
+            nodes.append(Node(nd.out, op, kw, args, w))
+    for n in nodes:
+        widths[n.out] = n.width
+    inputs = tuple(cell.inputs) + (("mask",) if masked else ())
+    widths["mask"] = 1
+    states = sorted({a.name for n in nodes for a in n.args if a.delay > 0})
+    return Step(nodes, widths, dict(cell.params), inputs, tuple(states), tuple(cell.outputs),
+                frozenset(blend))
+
+
+# ------------------------------------------------------------------ grouping
+@dataclass
+class Sweep:
+    node: Node
+
+
+@dataclass
+class Loop:
+    nodes: list
+    stored: set = field(default_factory=set)  # kept for all T; the rest is per-step scratch
+    exported: set = field(default_factory=set)  # read outside the loop: may get a cotangent
+    forward: object = None
+    backward: object = None
+    fwd_args: list = field(default_factory=list)  # (role, name) of each array argument
+    bwd_args: list = field(default_factory=list)
+    src: str = ""
+    flops: int = 0  # of the GEMMs of one step, per example
+
+
+def groups_of(step: Step) -> list:
+    """Sweeps and loops in an order that runs (the condensation of the cell graph)."""
+    g = nx.DiGraph()
+    pos = {n.out: i for i, n in enumerate(step.nodes)}
+    for n in step.nodes:
+        g.add_node(n.out)
+        for a in n.args:
+            if a.kind == "node":
+                g.add_edge(a.name, n.out)
+    comps = list(nx.strongly_connected_components(g))
+    dag = nx.condensation(g, comps)
+    order = nx.lexicographical_topological_sort(
+        dag, key=lambda c: min(pos[m] for m in dag.nodes[c]["members"]))
+    by_name = {n.out: n for n in step.nodes}
+    out = []
+    for c in order:
+        members = sorted(dag.nodes[c]["members"], key=pos.get)
+        cyclic = len(members) > 1 or g.has_edge(members[0], members[0])
+        if cyclic:
+            out.append(Loop([by_name[m] for m in members]))
+        else:
+            out.append(Sweep(by_name[members[0]]))
+    return out
+
+
+_NEEDS = {op: ({int(i) for t in ts for i in re.findall(r"\{(\d)\}", t)},
+               any("{y}" in t for t in ts)) for op, ts in fuse.BACKWARD.items()}
+_NEEDS.update({"matvec": ({1}, False), "softmax": (set(), True), "slice": (set(), False),
+               "sum": (set(), False), "mean": (set(), False), "concat": (set(), False)})
+
+
+def _plan_storage(step: Step, groups: list, keep: set) -> None:
+    """Which loop values are kept for every step: those read later (delays, other
+    groups, the caller) and those a backward rule reads."""
+    for grp in groups:
+        if not isinstance(grp, Loop):
+            continue
+        names = {n.out for n in grp.nodes}
+        for n in grp.nodes:
+            if n.op not in LOOP_OPS:
+                raise Unsupported(f"{n.op} inside a recurrence")
+            if n.op == "matvec" and n.args[0].kind != "param":
+                raise Unsupported("a matrix that is not a parameter")
+            if any(a.kind == "param" and len(step.params[a.name]) > 1 for a in n.args
+                   if n.op != "matvec"):
+                raise Unsupported("a matrix parameter in elementwise math")
+            idx, y = _NEEDS[n.op]
+            if y:
+                grp.stored.add(n.out)
+            for i in idx:
+                a = n.args[i]
+                if a.kind == "node" and a.name in names:
+                    grp.stored.add(a.name)
+        for other in groups:
+            for n in (other.nodes if isinstance(other, Loop) else [other.node]):
+                for a in n.args:
+                    if a.kind == "node" and a.name in names and other is not grp:
+                        grp.exported.add(a.name)
+                    if a.kind == "node" and a.name in names and a.delay:
+                        grp.stored.add(a.name)
+        grp.exported |= names & (keep | set(step.outputs))
+        grp.stored |= grp.exported | (names & set(step.states))
+
+
+# ------------------------------------------------------------------ code generation
+PRELUDE = '''"""Generated by unroll (rnn/program/loop.py): one cell's time loop. Do not edit."""
+# engine/kernels.py {kernels_hash} (Numba's cache does not see a change there)
+import math
+
+import numba
+import numpy as np
+from numpy import {dtype} as _F
+
+from engine.kernels import scalar_exp as _exp
+from engine.kernels import scalar_log as _log
+from engine.kernels import scalar_sigmoid as _sigmoid
+from engine.kernels import scalar_tanh as _tanh
+
+ONE = _F(1.0)
+ZERO = _F(0.0)
+'''
+JIT = '@numba.njit(cache=True, nogil=True, error_model="numpy")'
+
+
+class _Emit:
+    """Writes the forward and backward loop of one Loop group."""
+
+    def __init__(self, step: Step, grp: Loop):
+        self.step, self.grp = step, grp
+        self.names = {n.out for n in grp.nodes}
+        self.idx = {n.out: i for i, n in enumerate(grp.nodes)}
+        self.ext: dict[str, int] = {}  # outside values read, in first-use order
+        self.params: dict[str, int] = {}
+        self.delayed: set[tuple[str, int]] = set()
+        for n in grp.nodes:
+            for a in n.args:
+                if a.kind == "param":
+                    self.params.setdefault(a.name, len(self.params))
+                elif a.kind in ("node", "input") and a.name not in self.names:
+                    self.ext.setdefault(a.name, len(self.ext))
+                if a.kind in ("node", "input") and a.delay:
+                    self.delayed.add((a.name, a.delay))
+        self.ring = {}  # in-group value read with delays -> ring length (max delay + 1)
+        for name, d in self.delayed:
+            if name in self.names:
+                self.ring[name] = max(self.ring.get(name, 1), d + 1)
+        # runs of elementwise nodes of one width become one loop over (b, j): their
+        # values and adjoints pass in scalars; arrays only where read outside the run
+        self.segments: list[list[Node]] = []
+        for n in grp.nodes:
+            fusable = n.op in ELEMENTWISE or n.op == "slice"
+            last = self.segments[-1] if self.segments else None
+            if (fusable and last and self._fused(last) and last[0].width == n.width):
+                last.append(n)
+            else:
+                self.segments.append([n])
+        self.run = {n.out: k for k, seg in enumerate(self.segments) for n in seg}
+        outside = set()  # read (at delay 0) by a node of another segment
+        for n in grp.nodes:
+            for a in n.args:
+                if a.kind == "node" and a.name in self.names and not a.delay and \
+                        self.run[a.name] != self.run[n.out]:
+                    outside.add(a.name)
+        self.array = {n.out for n in grp.nodes if n.out in outside or n.out in grp.stored
+                      or not self._fused([n])}
+        self.garray = {n.out for n in grp.nodes if n.out in outside or n.out in grp.exported
+                       or n.out in self.ring or not self._fused([n])}
+
+    @staticmethod
+    def _fused(seg) -> bool:
+        return seg[0].op in ELEMENTWISE or seg[0].op == "slice"
+
+    def inrun(self, a: Arg, n: Node) -> bool:
+        """``a`` is a value of n's own run, held in a scalar."""
+        return (a.kind == "node" and not a.delay and a.name in self.names
+                and self.run[a.name] == self.run[n.out])
+
+    # -------------------------------------------------------------- names
+    def arr(self, name) -> str:
+        """The (T, B, w) array of a stored value or an outside one."""
+        return f"V{self.idx[name]}" if name in self.names else f"E{self.ext[name]}"
+
+    def local(self, a: Arg) -> str:
+        """The (B, w) array local holding a value at step t (or t - delay)."""
+        if a.name in self.names and not a.delay:
+            return f"v{self.idx[a.name]}"
+        tag = f"{self.idx[a.name]}" if a.name in self.names else f"e{self.ext[a.name]}"
+        return f"r{tag}" if not a.delay else f"r{tag}_{a.delay}"
+
+    def dst(self, a: Arg) -> str | None:
+        """The (B, w) array a cotangent of ``a`` at step t accumulates into."""
+        if a.kind == "node" and a.name in self.names and not a.delay:
+            return f"g{self.idx[a.name]}"
+        if a.kind != "node":
+            return None  # data and literals need none; parameters are handled apart
+        tag = f"{self.idx[a.name]}" if a.name in self.names else f"e{self.ext[a.name]}"
+        return f"c{tag}" if not a.delay else f"c{tag}_{a.delay}"
+
+    def p(self, name) -> str:
+        return f"P{self.params[name]}"
+
+    def at(self, a: Arg, width: int) -> str:
+        """Scalar expression of operand ``a`` at (b, j) in a loop over ``width``."""
+        if a.kind == "lit":
+            return f"_F({a.value!r})"
+        if a.kind == "param":
+            shape = self.step.params[a.name]
+            ix = "[()]" if not shape else ("[0]" if shape[0] == 1 else "[j]")
+            return self.p(a.name) + ix
+        w = self.step.widths[a.name]
+        return self.local(a) + ("[b, 0]" if w == 1 and width != 1 else "[b, j]")
+
+    # -------------------------------------------------------------- forward
+    def forward(self) -> str:
+        grp = self.grp
+        lines = [f"{JIT}", f"def forward(T, B, {', '.join(self.fwd_sig())}):"]
+        body = []
+        for n in grp.nodes:
+            if n.out in self.array and n.out not in grp.stored:
+                body.append(f"S{self.idx[n.out]} = np.empty((B, {n.width}), _F)")
+        body.append("for t in range(T):")
+        loop = []
+        for name, k in self.ext.items():
+            if any(a.name == name and not a.delay for n in grp.nodes for a in n.args):
+                loop.append(f"re{k} = E{k}[t]")
+        for name, d in sorted(self.delayed):
+            loop.append(f"{self.local(Arg('node', name, d))} = {self.arr(name)}[t - {d}] "
+                        f"if t >= {d} else I_{self._init_tag(name)}")
+        for seg in self.segments:
+            for n in seg:
+                i = self.idx[n.out]
+                if n.out in self.array:
+                    loop.append(f"v{i} = V{i}[t]" if n.out in grp.stored else f"v{i} = S{i}")
+            loop += self.fwd_run(seg) if self._fused(seg) else self.fwd_node(seg[0])
+        body += ["    " + ln for ln in loop]
+        return "\n".join(lines + ["    " + ln for ln in body]) + "\n"
+
+    def fwd_run(self, seg: list[Node]) -> list[str]:
+        """One loop over (b, j) computing a run of elementwise nodes in scalars."""
+        w = seg[0].width
+        out = ["for b in range(B):", f"    for j in range({w}):"]
+        for n in seg:
+            i = self.idx[n.out]
+            if n.op == "slice":
+                a = n.args[0]
+                start = n.kw["index"][1][0] or 0
+                expr = f"{self.local(a)}[b, j + {start}]"
+            else:
+                args = [f"x{self.idx[a.name]}" if self.inrun(a, n) else self.at(a, w)
+                        for a in n.args]
+                expr = fuse.FORWARD[n.op].format(*args, p=repr(n.kw.get("p")))
+            out.append(f"        x{i} = {expr}")
+            if n.out in self.array:
+                out.append(f"        v{i}[b, j] = x{i}")
+        return out
+
+    def _init_tag(self, name) -> str:
+        return f"{self.idx[name]}" if name in self.names else f"e{self.ext[name]}"
+
+    def fwd_sig(self) -> list[str]:
+        roles = []
+        for n in self.grp.nodes:
+            if n.out in self.grp.stored:
+                roles.append((f"V{self.idx[n.out]}", ("val", n.out)))
+        roles += [(f"E{k}", ("ext", name)) for name, k in self.ext.items()]
+        roles += [(f"I_{self._init_tag(name)}", ("init", name))
+                  for name in sorted({nm for nm, _ in self.delayed})]
+        roles += [(f"P{k}", ("param", name)) for name, k in self.params.items()]
+        self.grp.fwd_args = [r for _, r in roles]
+        return [a for a, _ in roles]
+
+    def fwd_node(self, n: Node) -> list[str]:
+        i, w = self.idx[n.out], n.width
+        o = f"v{i}"
+        if n.op == "matvec":
+            W, x = n.args
+            xs = self.local(x)
+            return [f"np.dot({xs}, {self.p(W.name)}.T, {o})"]
+        if n.op in ELEMENTWISE:
+            args = [self.at(a, w) for a in n.args]
+            expr = fuse.FORWARD[n.op].format(*args, p=repr(n.kw.get("p")))
+            return ["for b in range(B):", f"    for j in range({w}):",
+                    f"        {o}[b, j] = {expr}"]
+        src = self.local(n.args[0])
+        if n.op == "slice":
+            start = n.kw["index"][1][0] or 0
+            return ["for b in range(B):", f"    for j in range({w}):",
+                    f"        {o}[b, j] = {src}[b, j + {start}]"]
+        if n.op in ("sum", "mean"):
+            wi = self.step.widths[n.args[0].name]
+            div = f" / _F({wi})" if n.op == "mean" else ""
+            return ["for b in range(B):", "    s = ZERO", f"    for j in range({wi}):",
+                    f"        s += {src}[b, j]", f"    {o}[b, 0] = s{div}"]
+        if n.op == "softmax":
+            return ["for b in range(B):", f"    m = {src}[b, 0]",
+                    f"    for j in range({w}):", f"        m = max(m, {src}[b, j])",
+                    "    s = ZERO", f"    for j in range({w}):",
+                    f"        e = _exp({src}[b, j] - m)", f"        {o}[b, j] = e",
+                    "        s += e", f"    for j in range({w}):", f"        {o}[b, j] /= s"]
+        if n.op == "concat":
+            out, off = [], 0
+            for a in n.args:
+                wa = self.step.widths[a.name]
+                out += ["for b in range(B):", f"    for j in range({wa}):",
+                        f"        {o}[b, j + {off}] = {self.local(a)}[b, j]"]
+                off += wa
+            return out
+        raise Unsupported(n.op)
+
+    # -------------------------------------------------------------- backward
+    def bwd_sig(self) -> list[str]:
+        grp = self.grp
+        roles = [(f"V{self.idx[n.out]}", ("val", n.out)) for n in grp.nodes
+                 if n.out in grp.stored]
+        roles += [(f"E{k}", ("ext", name)) for name, k in self.ext.items()]
+        roles += [(f"I_{self._init_tag(name)}", ("init", name))
+                  for name in sorted({nm for nm, _ in self.delayed})]
+        roles += [(f"P{k}", ("param", name)) for name, k in self.params.items()]
+        roles += [(f"SEED{self.idx[n.out]}", ("seed", n.out)) for n in grp.nodes
+                  if n.out in grp.exported]
+        roles += [(f"EG{k}", ("adj", name)) for name, k in self.ext.items()
+                  if self._ext_kind(name) == "node"]
+        roles += [(f"GI_{self._init_tag(name)}", ("ginit", name))
+                  for name in sorted({nm for nm, _ in self.delayed})
+                  if self._ext_kind(name) == "node"]
+        roles += [(f"GP{k}", ("gparam", name)) for name, k in self.params.items()]
+        roles += [(f"GMV{self.idx[n.out]}", ("gmv", n.out)) for n in grp.nodes
+                  if n.op == "matvec"]
+        roles += [(f"NORM{self.idx[n.out]}", ("norm", n.out)) for n in grp.nodes
+                  if n.out in self.step.states]
+        roles += [(f"KEEP{self.idx[n.out]}", ("keep", n.out)) for n in grp.nodes
+                  if n.out in self.step.states]
+        grp.bwd_args = [r for _, r in roles]
+        return [a for a, _ in roles]
+
+    def _ext_kind(self, name) -> str:
+        return "input" if name in self.step.inputs else "node"
+
+    def backward(self) -> str:
+        step, grp = self.step, self.grp
+        sig = ["T", "B", "K", "KEEP_ADJ"] + self.bwd_sig()
+        lines = [JIT, f"def backward({', '.join(sig)}):"]
+        body = []
+        for n in grp.nodes:
+            i = self.idx[n.out]
+            if n.op != "matvec" and n.out in self.garray:
+                body.append(f"g{i} = np.empty((B, {n.width}), _F)")
+            elif n.op == "matvec":
+                xw = step.widths[n.args[1].name]
+                body.append(f"tmp{i} = np.empty((B, {xw}), _F)")
+        for name, R in self.ring.items():
+            i = self.idx[name]
+            body += [f"C{i} = np.zeros(({R}, B, {step.widths[name]}), _F)",
+                     f"J{i} = np.empty((B, {step.widths[name]}), _F)"]
+        for name, k in self.ext.items():
+            if self._ext_kind(name) == "node" and any(
+                    d for nm, d in self.delayed if nm == name):
+                body.append(f"Je{k} = np.empty((B, {step.widths[name]}), _F)")
+        body.append("for t in range(T - 1, -1, -1):")
+        loop = []
+        # values at this step: the stored ones; the rest is recomputed below
+        for name, k in self.ext.items():
+            if any(a.name == name and not a.delay for n in grp.nodes for a in n.args):
+                loop.append(f"re{k} = E{k}[t]")
+                if self._ext_kind(name) == "node":
+                    loop.append(f"ce{k} = EG{k}[t]")
+        for name, d in sorted(self.delayed):
+            tag = self._init_tag(name)
+            loop.append(f"{self.local(Arg('node', name, d))} = {self.arr(name)}[t - {d}] "
+                        f"if t >= {d} else I_{tag}")
+            if name in self.names or self._ext_kind(name) == "node":
+                into = (f"C{tag}[(t - {d}) % {self.ring[name]}]" if name in self.names
+                        else f"EG{self.ext[name]}[t - {d}]")
+                junk = f"J{tag}"
+                loop += [f"if t < {d}:", f"    c{tag}_{d} = GI_{tag}",
+                         f"elif K > 0 and (t - {d}) // K != t // K:",
+                         f"    c{tag}_{d} = {junk}", "else:", f"    c{tag}_{d} = {into}"]
+        # the values backward rules read are all stored (see _plan_storage)
+        for n in grp.nodes:
+            i = self.idx[n.out]
+            if n.out in grp.stored:
+                loop.append(f"v{i} = V{i}[t]")
+        for n in grp.nodes:
+            i = self.idx[n.out]
+            if n.op == "matvec":
+                loop.append(f"g{i} = GMV{i}[t]")
+            if n.out not in self.garray:
+                continue
+            parts = []
+            if n.out in grp.exported:
+                parts.append(f"SEED{i}[t, b, j]")
+            if n.out in self.ring:
+                parts.append(f"C{i}[t % {self.ring[n.out]}, b, j]")
+            loop += ["for b in range(B):", f"    for j in range({n.width}):",
+                     f"        g{i}[b, j] = " + (" + ".join(parts) if parts else "ZERO")]
+            if n.out in self.ring:
+                loop.append(f"C{i}[t % {self.ring[n.out]}] = ZERO")
+        for seg in reversed(self.segments):
+            if self._fused(seg):
+                loop += self.bwd_run(seg)
+                continue
+            n = seg[0]
+            i = self.idx[n.out]
+            if n.out in step.states:
+                loop += ["s = 0.0", "for b in range(B):", f"    for j in range({n.width}):",
+                         f"        s += g{i}[b, j] * g{i}[b, j]",
+                         f"NORM{i}[t] = math.sqrt(s)", "if KEEP_ADJ:",
+                         f"    KEEP{i}[t] = g{i}"]
+            loop += self.bwd_node(n)
+        body += ["    " + ln for ln in loop]
+        return "\n".join(lines + ["    " + ln for ln in body]) + "\n"
+
+    def bwd_run(self, seg: list[Node]) -> list[str]:
+        """Reverse mode of a run in one loop over (b, j): adjoints in scalars ``a{i}``."""
+        w = seg[0].width
+        states = [n for n in seg if n.out in self.step.states]
+        out = [f"n{self.idx[n.out]} = 0.0" for n in states]
+        out += ["for b in range(B):", f"    for j in range({w}):"]
+        for n in seg:
+            i = self.idx[n.out]
+            out.append(f"        a{i} = g{i}[b, j]" if n.out in self.garray
+                       else f"        a{i} = ZERO")
+        for n in reversed(seg):
+            i = self.idx[n.out]
+            if n in states:
+                out += [f"        n{i} += a{i} * a{i}", "        if KEEP_ADJ:",
+                        f"            KEEP{i}[t, b, j] = a{i}"]
+            if n.op == "slice":
+                a = n.args[0]
+                start = n.kw["index"][1][0] or 0
+                lines = self.add_into(a, f"a{i}", f"j + {start}", self.step.widths[a.name])
+                out += ["        " + ln for ln in lines]
+                continue
+            args = [self.at(a, w) for a in n.args]
+            for k, a in enumerate(n.args):
+                if a.kind == "lit" or (a.kind != "param" and self.dst(a) is None):
+                    continue
+                expr = fuse.BACKWARD[n.op][k].format(*args, g=f"a{i}", y=f"v{i}[b, j]",
+                                                     p=repr(n.kw.get("p")))
+                if self.inrun(a, n):
+                    out.append(f"        a{self.idx[a.name]} += {expr}")
+                else:
+                    out += ["        " + ln for ln in self.add_into(a, expr, "j", w)]
+        out += [f"NORM{self.idx[n.out]}[t] = math.sqrt(n{self.idx[n.out]})" for n in states]
+        return out
+
+    def add_into(self, a: Arg, expr: str, col: str, w_out: int) -> list[str]:
+        """Accumulate ``expr`` (at b, j) into the cotangent of operand ``a``."""
+        if a.kind == "param":
+            shape = self.step.params[a.name]
+            ix = "[()]" if not shape else ("[0]" if shape[0] == 1 else f"[{col}]")
+            return [f"GP{self.params[a.name]}{ix} += {expr}"]
+        d = self.dst(a)
+        if d is None:
+            return []
+        wa = self.step.widths[a.name]
+        c = "0" if wa == 1 and w_out != 1 else col
+        return [f"{d}[b, {c}] += {expr}"]
+
+    def bwd_node(self, n: Node) -> list[str]:
+        i, w = self.idx[n.out], n.width
+        g = f"g{i}"
+        if n.op == "matvec":
+            W, x = n.args
+            if self.dst(x) is None:
+                return []
+            xw = self.step.widths[x.name]
+            return [f"np.dot({g}, {self.p(W.name)}, tmp{i})", "for b in range(B):",
+                    f"    for j in range({xw}):",
+                    *["        " + ln for ln in self.add_into(x, f"tmp{i}[b, j]", "j", xw)]]
+        if n.op in ELEMENTWISE:
+            out = ["for b in range(B):", f"    for j in range({w}):",
+                   f"        gg = {g}[b, j]"]
+            args = [self.at(a, w) for a in n.args]
+            y = f"v{i}[b, j]"
+            for k, a in enumerate(n.args):
+                if a.kind == "lit" or (a.kind != "param" and self.dst(a) is None):
+                    continue
+                expr = fuse.BACKWARD[n.op][k].format(*args, g="gg", y=y, p=repr(n.kw.get("p")))
+                out += ["        " + ln for ln in self.add_into(a, expr, "j", w)]
+            return out
+        a = n.args[0]
+        if n.op == "slice":
+            start = n.kw["index"][1][0] or 0
+            add = self.add_into(a, f"{g}[b, j]", f"j + {start}", self.step.widths[a.name])
+            return ["for b in range(B):", f"    for j in range({w}):",
+                    *["        " + ln for ln in add]]
+        if n.op in ("sum", "mean"):
+            wi = self.step.widths[a.name]
+            div = f" / _F({wi})" if n.op == "mean" else ""
+            add = self.add_into(a, f"{g}[b, 0]{div}", "j", wi)
+            return ["for b in range(B):", f"    for j in range({wi}):",
+                    *["        " + ln for ln in add]]
+        if n.op == "softmax":
+            add = self.add_into(a, f"v{i}[b, j] * ({g}[b, j] - s)", "j", w)
+            return ["for b in range(B):", "    s = ZERO", f"    for j in range({w}):",
+                    f"        s += {g}[b, j] * v{i}[b, j]", f"    for j in range({w}):",
+                    *["        " + ln for ln in add]]
+        if n.op == "concat":
+            out, off = [], 0
+            for a in n.args:
+                wa = self.step.widths[a.name]
+                out += ["for b in range(B):", f"    for j in range({wa}):",
+                        *["        " + ln for ln in self.add_into(a, f"{g}[b, j + {off}]",
+                                                               "j", wa)]]
+                off += wa
+            return out
+        raise Unsupported(n.op)
+
+
+# ------------------------------------------------------------------ the plan
+class Plan:
+    """A cell's step compiled into sweeps and loops, for one dtype; runs any T and B.
+
+    >>> import numpy as np, rnn
+    >>> from rnn.program.loop import Plan
+    >>> plan = Plan(rnn.cells.elman(2, 3), "float64")
+    >>> [type(g).__name__ for g in plan.groups]
+    ['Sweep', 'Sweep', 'Loop']
+    """
+
+    def __init__(self, cell, dtype: str, masked: bool = False):
+        self.cell, self.dtype = cell, np.dtype(dtype)
+        self.step = step = step_of(cell, masked)
+        self.groups = groups_of(step)
+        _plan_storage(step, self.groups, set())
+        for grp in self.groups:
+            if isinstance(grp, Loop):
+                em = _Emit(step, grp)
+                head = PRELUDE.format(dtype=self.dtype.name, kernels_hash=fuse._KERNELS_HASH)
+                grp.src = head + "\n\n" + em.forward() + "\n\n" + em.backward()
+                mod = cache.load(grp.src, "loop")
+                grp.flops = sum(2 * np.prod(step.params[n.args[0].name]) for n in grp.nodes
+                                if n.op == "matvec")
+                grp.forward, grp.backward = mod.forward, mod.backward
+
+    def source(self) -> str:
+        """The plan as text: each sweep as one line, each loop as its generated code."""
+        out = []
+        for grp in self.groups:
+            if isinstance(grp, Sweep):
+                n = grp.node
+                args = ", ".join(_fmt_arg(a) for a in n.args)
+                out.append(f"sweep  {n.out}[T,B,{n.width}] = {n.op}({args})  over all T")
+            else:
+                out.append(f"loop over t: {', '.join(n.out for n in grp.nodes)}")
+                out.append(grp.src.split('"""', 2)[2].split("ZERO = _F(0.0)\n", 1)[1].strip())
+        return "\n".join(out)
+
+    # -------------------------------------------------------------- running
+    def forward(self, xs: dict, params: dict, init: dict) -> dict:
+        """Values (T, B, w) of every sweep node and every stored loop node.
+
+        ``xs``: each input (and "mask") as (T, B, w); ``init``: the (B, w) initial value
+        of each state (and delayed input)."""
+        T, B = next(iter(xs.values())).shape[:2]
+        vals = dict(xs)
+        for grp in self.groups:
+            if isinstance(grp, Sweep):
+                n = grp.node
+                args = [self._operand(a, vals, params, init, T, B) for a in n.args]
+                op, kw = OPS[n.op], n.kw
+                y = op.forward(*args, **kw)
+                if y.shape != (T * B, n.width):  # a value of parameters alone
+                    y = np.ascontiguousarray(np.broadcast_to(y, (T * B, n.width)))
+                vals[n.out] = y.reshape(T, B, n.width)
+                continue
+            for n in grp.nodes:
+                if n.out in grp.stored:
+                    vals[n.out] = np.empty((T, B, n.width), self.dtype)
+            _threads.run(grp.flops * B, grp.forward, T, B,
+                         *self._args(grp.fwd_args, vals, params, init, {}, T, B))
+        return vals
+
+    def _operand(self, a: Arg, vals, params, init, T, B):
+        """An operand of a sweep over all T, as (T*B, w) (or a parameter / literal)."""
+        if a.kind == "param":
+            return params[a.name]
+        if a.kind == "lit":
+            return np.asarray(a.value, self.dtype)
+        v = vals[a.name]
+        if a.delay:
+            v = _shift(v, init[a.name], a.delay)
+        return v.reshape(T * B, -1)
+
+    def _args(self, roles, vals, params, init, extra, T, B):
+        out = []
+        for role, name in roles:
+            if role in ("val", "ext"):
+                out.append(vals[name])
+            elif role == "init":
+                out.append(np.ascontiguousarray(init[name], self.dtype))
+            elif role == "param":  # gradcheck may hand in a scalar or a strided view
+                out.append(np.require(params[name], self.dtype, "C"))
+            else:
+                out.append(extra[(role, name)])
+        return out
+
+    def backward(self, vals: dict, seeds: dict, params: dict, init: dict, truncate=None,
+                 keep_adjoints: bool = False, wrt_init=()):
+        """Reverse mode over all steps. ``seeds``: (T, B, w) cotangents of node values.
+
+        Returns (param grads, initial-value grads, {state: (T,) norms of its adjoint},
+        {state: (T, B, w) adjoint} when ``keep_adjoints``)."""
+        T, B = next(v for v in vals.values() if v.ndim == 3).shape[:2]
+        K = truncate or 0
+        adj = {k: np.array(v, self.dtype) for k, v in seeds.items()}
+        gparams = {p: np.zeros(np.shape(v), self.dtype) for p, v in params.items()}
+        ginit = {s: np.zeros((B, self.step.widths[s]), self.dtype) for s in self.step.states
+                 if s not in self.step.inputs}
+        norms, kept = {}, {}
+        step = self.step
+
+        def adj_of(name):
+            if name not in adj:
+                adj[name] = np.zeros((T, B, step.widths[name]), self.dtype)
+            return adj[name]
+
+        for grp in reversed(self.groups):
+            if isinstance(grp, Sweep):
+                n = grp.node
+                g = adj.get(n.out)
+                if n.out in step.states:
+                    gg = g if g is not None else np.zeros((T, B, n.width), self.dtype)
+                    norms[n.out] = np.sqrt(np.einsum("tbj,tbj->t", gg, gg))
+                    if keep_adjoints:
+                        kept[n.out] = gg
+                if g is None:
+                    continue
+                self._sweep_backward(n, g, vals, params, init, gparams, ginit, adj_of, K, T, B)
+                continue
+            extra = {}
+            for role, name in grp.bwd_args:
+                w = step.widths.get(name)
+                if role == "seed":
+                    extra[(role, name)] = adj.get(name, None)
+                    if extra[(role, name)] is None:
+                        extra[(role, name)] = np.zeros((T, B, w), self.dtype)
+                elif role == "adj":
+                    extra[(role, name)] = adj_of(name)
+                elif role == "ginit":
+                    extra[(role, name)] = ginit[name]
+                elif role == "gparam":
+                    extra[(role, name)] = gparams[name]
+                elif role == "gmv":
+                    extra[(role, name)] = np.zeros((T, B, w), self.dtype)
+                elif role == "norm":
+                    extra[(role, name)] = norms[name] = np.zeros(T)
+                elif role == "keep":
+                    extra[(role, name)] = kept[name] = (
+                        np.zeros((T, B, w), self.dtype) if keep_adjoints
+                        else np.zeros((1, 1, 1), self.dtype))
+            args = self._args(grp.bwd_args, vals, params, init, extra, T, B)
+            _threads.run(2 * grp.flops * B, grp.backward, T, B, K, keep_adjoints, *args)
+            for n in grp.nodes:  # the weights' cotangents of all steps: one GEMM each
+                if n.op == "matvec":
+                    W, x = n.args
+                    G = extra[("gmv", n.out)]
+                    gparams[W.name] += _weight_grad(G, vals[x.name], init.get(x.name), x.delay)
+        if not keep_adjoints:
+            kept = {}
+        return gparams, ginit, norms, kept
+
+    def _sweep_backward(self, n, g, vals, params, init, gparams, ginit, adj_of, K, T, B):
+        args = [self._operand(a, vals, params, init, T, B) for a in n.args]
+        g2 = g.reshape(T * B, n.width)
+        if n.op == "matvec":  # no cotangent for data
+            W, x = n.args
+            gparams[W.name] += _weight_grad(g, vals[x.name], init.get(x.name), x.delay)
+            cts = [None, None if x.kind != "node" else g2 @ params[W.name]]
+        else:
+            y = vals[n.out].reshape(T * B, n.width)
+            cts = OPS[n.op].vjp(g2, y, *args, **n.kw)
+        for a, arr, c in zip(n.args, args, cts):
+            if c is None or a.kind in ("lit", "input"):
+                continue
+            if a.kind == "param":
+                gparams[a.name] += unbroadcast(c, np.shape(params[a.name]))
+                continue
+            c = unbroadcast(c, arr.shape).reshape(T, B, -1)
+            d = a.delay
+            if not d:
+                adj_of(a.name)[...] += c
+                continue
+            if a.name in ginit:
+                ginit[a.name] += c[:d].sum(axis=0)
+            if d < T:
+                c = c[d:]
+                if K and a.name in self.step.blend:  # truncation: cut reads across a boundary
+                    t = np.arange(d, T)
+                    c = c * ((t - d) // K == t // K)[:, None, None]
+                adj_of(a.name)[:T - d] += c
+
+
+class _LoopThreads:
+    """BLAS threads for the GEMMs inside the loops (Numba's np.dot calls scipy's BLAS):
+    one thread when they are small (threads only spin on them, and collapse when another
+    process is busy), all cores when they are big. The hoisted GEMMs (numpy's BLAS) keep
+    all cores. Restored after each call."""
+
+    SMALL = 16e6  # FLOPs per step below which one thread is faster
+
+    def __init__(self):
+        self.libs = None
+
+    def _find(self):
+        from threadpoolctl import ThreadpoolController
+
+        libs = [lib for lib in ThreadpoolController().lib_controllers if lib.user_api == "blas"]
+        own = [lib for lib in libs if "scipy" in lib.filepath.replace("scipy_openblas", "")]
+        self.libs = own or libs
+
+    def run(self, flops: float, fn, *args):
+        if flops >= self.SMALL:
+            return fn(*args)
+        if self.libs is None:
+            self._find()
+        old = [lib.get_num_threads() for lib in self.libs]
+        for lib in self.libs:
+            lib.set_num_threads(1)
+        try:
+            return fn(*args)
+        finally:
+            for lib, n in zip(self.libs, old):
+                lib.set_num_threads(n)
+
+
+_threads = _LoopThreads()
+
+
+def _shift(v, init, d):
+    """Value at t - d for every t: the initial value before t = d."""
+    T = v.shape[0]
+    head = np.broadcast_to(init, (min(d, T),) + v.shape[1:])
+    return np.concatenate([head, v[:T - d]]) if d < T else np.array(head)
+
+
+def _weight_grad(G, X, init, d):
+    """sum_t G_t^T X_{t-d}: one GEMM over all steps (the initial value before t = d)."""
+    T, B, m = G.shape
+    n = X.shape[-1]
+    if not d:
+        return G.reshape(T * B, m).T @ X.reshape(T * B, n)
+    out = G[:d].sum(axis=0).T @ np.broadcast_to(init, (B, n))
+    if d < T:
+        out = out + G[d:].reshape(-1, m).T @ X[:T - d].reshape(-1, n)
+    return out
+
+
+def _fmt_arg(a: Arg) -> str:
+    if a.kind == "lit":
+        return repr(a.value)
+    return a.name + (f"[t-{a.delay}]" if a.delay else "")
