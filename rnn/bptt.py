@@ -19,7 +19,7 @@ from engine import ir
 from .lang.parse import Ref
 from .losses import check_targets, loss_program, loss_weights
 from .model import Model, check_mask
-from .program.executor import EXECUTORS
+from .program.executor import REFERENCE, check_executor
 
 
 @dataclass
@@ -57,8 +57,7 @@ def bptt(model: Model, xs, targets, loss: str = "mse", at: str = "all", initial_
     if not isinstance(model, Model):  # a composite (e.g. Seq2Seq) runs its own program
         return model.bptt(xs, targets, loss=loss, at=at, executor=executor,
                           initial_state=initial_state, truncate=truncate, mask=mask)
-    if executor not in EXECUTORS:
-        raise ValueError(f"executor must be one of {sorted(EXECUTORS)}, got {executor!r}")
+    check_executor(executor)
     xs, targets, mask, weights = checked(model, xs, targets, loss, at, mask)
     T = xs.shape[1]
     truncate = _check_truncate(truncate)
@@ -144,7 +143,7 @@ def _run_program(model, plan, xs, targets, weights, loss, at, initial_state, k, 
                  keep_adjoints, carried):
     """The unrolled program, walked by an executor of rnn/program/executor.py."""
     B, T, _ = xs.shape
-    ex = EXECUTORS[executor]
+    ex = REFERENCE
     prog, un = model.program(T, loss=loss, at=at, masked=mask is not None, truncate=k)
     env = model.feed(un, xs, initial_state, mask)
     env.update(carried or {})
@@ -254,7 +253,7 @@ def _whole(model, xs, targets, weights, loss, initial_state, mask, executor):
     env["targets"], env["weights"] = targets, weights
     cell = model.full
     every = {v.name for n in list(cell.states) + cell.outputs for v in un.values[n]}
-    vals = EXECUTORS[executor].forward(prog, env, keep=every)
+    vals = REFERENCE.forward(prog, env, keep=every)
     ys = np.stack([vals[v.name] for v in un.outputs()], axis=1)
     return (float(vals["loss"]), ys, lambda n, t: vals[un.values[n][t].name],
             [n for n in un.init if n in un.values])

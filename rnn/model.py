@@ -7,13 +7,15 @@ graph, unrolled by the same compiler.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from engine.errors import DTypeError, ShapeError
 from engine.ir import Program
 
 from .lang.cell import Cell
-from .program.executor import EXECUTORS
+from .program.executor import REFERENCE, check_executor
 from .program.loop import Plan, Unsupported
 from .program.unroll import Unrolled, unroll
 
@@ -209,11 +211,14 @@ class Model:
 
     def plan(self, masked: bool = False):
         """The loop plan of the whole stack (rnn/program/loop.py), compiled once; None
-        when the cell has something the loop compiler does not generate."""
+        (with a warning: the reference interpreter runs instead) when the cell has
+        something the loop compiler does not generate."""
         if masked not in self._plans:
             try:
                 self._plans[masked] = Plan(self.full, self.dtype, masked)
-            except Unsupported:
+            except Unsupported as e:
+                warnings.warn(f"the loop compiler does not handle this cell ({e}); the "
+                              f"reference interpreter runs it", RuntimeWarning, stacklevel=3)
                 self._plans[masked] = None
         return self._plans[masked]
 
@@ -233,6 +238,7 @@ class Model:
 
     def forward(self, xs, initial_state=None, mask=None, executor: str = "compiled"):
         """Run the model: xs (B, T, I) -> ys (B, T, O) and the final state of every layer."""
+        check_executor(executor)
         xs = self.check_xs(xs)
         mask = check_mask(mask, xs.shape[:2], self.dtype)
         names = [n for s in self.cell.states for n in self.layer_names(s)]
@@ -244,7 +250,7 @@ class Model:
             return ys, self.split_layers({n: vals[n][-1] for n in names})
         prog, un = self.program(xs.shape[1], masked=mask is not None)
         final = {un.values[n][-1].name for n in names}
-        vals = EXECUTORS[executor].forward(prog, self.feed(un, xs, initial_state, mask),
+        vals = REFERENCE.forward(prog, self.feed(un, xs, initial_state, mask),
                                            keep=final)
         ys = np.stack([vals[v.name] for v in un.outputs()], axis=1)
         last = {n: vals[un.values[n][-1].name] for n in names}

@@ -23,7 +23,7 @@ from .bptt import BPTTResult
 from .lang.cell import Cell
 from .losses import add_loss, check_targets, loss_weights
 from .model import Model
-from .program.executor import EXECUTORS
+from .program.executor import REFERENCE, check_executor
 from .program.unroll import Unrolled, unroll
 
 
@@ -110,7 +110,7 @@ class Seq2Seq:
         return env
 
     def _plans(self, executor):
-        if executor != "compiled":
+        if check_executor(executor) != "compiled":
             return None
         enc, dec = self.encoder.plan(), self.decoder.plan()
         return None if enc is None or dec is None else (enc, dec)
@@ -136,7 +136,7 @@ class Seq2Seq:
             dvals = self._loop_forward(plans, xs)[2]
             return dvals[self.decoder.full.outputs[0]].transpose(1, 0, 2)
         prog, un, enc, dec = self.program(xs.shape[1])
-        vals = EXECUTORS[executor].forward(prog, self._env(enc, dec, xs))
+        vals = REFERENCE.forward(prog, self._env(enc, dec, xs))
         return np.stack([vals[v.name] for v in un.outputs()], axis=1)
 
     __call__ = forward
@@ -167,7 +167,7 @@ class Seq2Seq:
         prog, un, enc, dec = self.program(xs.shape[1], loss, at)
         env = self._env(enc, dec, xs)
         env["targets"], env["weights"] = targets, weights
-        ex = EXECUTORS[executor]
+        ex = REFERENCE
         vals = ex.forward(prog, env)
         adj = ex.backward(prog, vals, {"loss": np.ones((), self.dtype)})
         grads = {k: adj.get(k, np.zeros_like(v)) for k, v in self.params.items()}

@@ -21,20 +21,39 @@ generated loops (``unroll compile CELL --show``).
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import networkx as nx
 import numpy as np
 
+from engine import kernels as _kernels
 from engine.ops import OPS, unbroadcast
 
 from ..lang.parse import Ref
-from . import cache, fuse
+from . import cache
 from .unroll import lower
 
-ELEMENTWISE = set(fuse.FORWARD)
+# the scalar rule of each elementwise op, forward and backward (``{0}``, ``{1}`` are the
+# operands at (b, j), ``{y}`` the result, ``{g}`` its adjoint, ``{p}`` the exponent)
+FORWARD = {
+    "add": "{0} + {1}", "sub": "{0} - {1}", "mul": "{0} * {1}", "div": "{0} / {1}",
+    "neg": "-{0}", "copy": "{0}", "exp": "_exp({0})", "log": "_log({0})",
+    "tanh": "_tanh({0})", "sigmoid": "_sigmoid({0})", "relu": "({0} if {0} > ZERO else ZERO)",
+    "softplus": "(max({0}, ZERO) + math.log1p(math.exp(-abs({0}))))", "pow": "{0} ** _F({p})",
+}
+BACKWARD = {  # (cotangent for arg 0, for arg 1) given g, the output y and the args
+    "add": ("{g}", "{g}"), "sub": ("{g}", "-{g}"), "mul": ("{g} * {1}", "{g} * {0}"),
+    "div": ("{g} / {1}", "-{g} * {y} / {1}"), "neg": ("-{g}",), "copy": ("{g}",),
+    "exp": ("{g} * {y}",), "log": ("{g} / {0}",), "tanh": ("{g} * (ONE - {y} * {y})",),
+    "sigmoid": ("{g} * {y} * (ONE - {y})",), "relu": ("({g} if {0} > ZERO else ZERO)",),
+    "softplus": ("{g} * _sigmoid({0})",), "pow": ("{g} * _F({p}) * {0} ** _F({p} - 1.0)",),
+}
+ELEMENTWISE = set(FORWARD)
 LOOP_OPS = ELEMENTWISE | {"matvec", "slice", "sum", "mean", "softmax", "concat"}
+_KERNELS_HASH = hashlib.sha1(Path(_kernels.__file__).read_bytes()).hexdigest()[:12]
 
 
 class Unsupported(Exception):
@@ -158,7 +177,7 @@ def groups_of(step: Step) -> list:
 
 
 _NEEDS = {op: ({int(i) for t in ts for i in re.findall(r"\{(\d)\}", t)},
-               any("{y}" in t for t in ts)) for op, ts in fuse.BACKWARD.items()}
+               any("{y}" in t for t in ts)) for op, ts in BACKWARD.items()}
 _NEEDS.update({"matvec": ({1}, False), "softmax": (set(), True), "slice": (set(), False),
                "sum": (set(), False), "mean": (set(), False), "concat": (set(), False)})
 
@@ -175,6 +194,9 @@ def _plan_storage(step: Step, groups: list, keep: set) -> None:
                 raise Unsupported(f"{n.op} inside a recurrence")
             if n.op == "matvec" and n.args[0].kind != "param":
                 raise Unsupported("a matrix that is not a parameter")
+            if n.op in ("sum", "mean", "softmax", "concat") and any(
+                    a.kind not in ("node", "input") for a in n.args):
+                raise Unsupported(f"{n.op} of a parameter or a number inside a recurrence")
             if any(a.kind == "param" and len(step.params[a.name]) > 1 for a in n.args
                    if n.op != "matvec"):
                 raise Unsupported("a matrix parameter in elementwise math")
@@ -342,7 +364,7 @@ class _Emit:
             else:
                 args = [f"x{self.idx[a.name]}" if self.inrun(a, n) else self.at(a, w)
                         for a in n.args]
-                expr = fuse.FORWARD[n.op].format(*args, p=repr(n.kw.get("p")))
+                expr = FORWARD[n.op].format(*args, p=repr(n.kw.get("p")))
             out.append(f"        x{i} = {expr}")
             if n.out in self.array:
                 out.append(f"        v{i}[b, j] = x{i}")
@@ -370,16 +392,7 @@ class _Emit:
             W, x = n.args
             xs = self.local(x)
             return [f"np.dot({xs}, {self.p(W.name)}.T, {o})"]
-        if n.op in ELEMENTWISE:
-            args = [self.at(a, w) for a in n.args]
-            expr = fuse.FORWARD[n.op].format(*args, p=repr(n.kw.get("p")))
-            return ["for b in range(B):", f"    for j in range({w}):",
-                    f"        {o}[b, j] = {expr}"]
         src = self.local(n.args[0])
-        if n.op == "slice":
-            start = n.kw["index"][1][0] or 0
-            return ["for b in range(B):", f"    for j in range({w}):",
-                    f"        {o}[b, j] = {src}[b, j + {start}]"]
         if n.op in ("sum", "mean"):
             wi = self.step.widths[n.args[0].name]
             div = f" / _F({wi})" if n.op == "mean" else ""
@@ -529,7 +542,7 @@ class _Emit:
             for k, a in enumerate(n.args):
                 if a.kind == "lit" or (a.kind != "param" and self.dst(a) is None):
                     continue
-                expr = fuse.BACKWARD[n.op][k].format(*args, g=f"a{i}", y=f"v{i}[b, j]",
+                expr = BACKWARD[n.op][k].format(*args, g=f"a{i}", y=f"v{i}[b, j]",
                                                      p=repr(n.kw.get("p")))
                 if self.inrun(a, n):
                     out.append(f"        a{self.idx[a.name]} += {expr}")
@@ -562,23 +575,7 @@ class _Emit:
             return [f"np.dot({g}, {self.p(W.name)}, tmp{i})", "for b in range(B):",
                     f"    for j in range({xw}):",
                     *["        " + ln for ln in self.add_into(x, f"tmp{i}[b, j]", "j", xw)]]
-        if n.op in ELEMENTWISE:
-            out = ["for b in range(B):", f"    for j in range({w}):",
-                   f"        gg = {g}[b, j]"]
-            args = [self.at(a, w) for a in n.args]
-            y = f"v{i}[b, j]"
-            for k, a in enumerate(n.args):
-                if a.kind == "lit" or (a.kind != "param" and self.dst(a) is None):
-                    continue
-                expr = fuse.BACKWARD[n.op][k].format(*args, g="gg", y=y, p=repr(n.kw.get("p")))
-                out += ["        " + ln for ln in self.add_into(a, expr, "j", w)]
-            return out
         a = n.args[0]
-        if n.op == "slice":
-            start = n.kw["index"][1][0] or 0
-            add = self.add_into(a, f"{g}[b, j]", f"j + {start}", self.step.widths[a.name])
-            return ["for b in range(B):", f"    for j in range({w}):",
-                    *["        " + ln for ln in add]]
         if n.op in ("sum", "mean"):
             wi = self.step.widths[a.name]
             div = f" / _F({wi})" if n.op == "mean" else ""
@@ -621,7 +618,7 @@ class Plan:
         for grp in self.groups:
             if isinstance(grp, Loop):
                 em = _Emit(step, grp)
-                head = PRELUDE.format(dtype=self.dtype.name, kernels_hash=fuse._KERNELS_HASH)
+                head = PRELUDE.format(dtype=self.dtype.name, kernels_hash=_KERNELS_HASH)
                 grp.src = head + "\n\n" + em.forward() + "\n\n" + em.backward()
                 mod = cache.load(grp.src, "loop")
                 grp.flops = sum(2 * np.prod(step.params[n.args[0].name]) for n in grp.nodes

@@ -1,5 +1,5 @@
-"""The compiled executor's fusion: regions, generated kernels, agreement with the
-reference interpreter on cells that exercise every way a region reads its inputs."""
+"""The loop compiler: the plan it makes of a cell, and agreement with the reference
+interpreter on cells that exercise every op, broadcast, delay and option."""
 
 import numpy as np
 import pytest
@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 import rnn
 from rnn import Cell, Model, cells
-from rnn.program import fuse
+from rnn.program import loop
 
 
 def agree(model, xs, ys, atol=1e-10, **kw):
@@ -23,27 +23,43 @@ def agree(model, xs, ys, atol=1e-10, **kw):
     np.testing.assert_allclose(b.outputs, a.outputs, atol=atol, rtol=atol)
 
 
-def test_lstm_gate_math_is_one_kernel_per_step():
-    prog = fuse.gemms_first(rnn.unroll(cells.lstm(2, 3), steps=6).program)
-    items, regions = fuse.find_regions(prog, keep={"c@5"})  # the final c, as bptt asks
-    assert len(regions) == 6  # one per step
-    sizes = {len(r.members) for r in regions.values()}
-    assert sizes == {16}  # every add, split, sigmoid, tanh and product of the step
-    left = {prog.eqns[i].op for i in items if isinstance(i, int)}
-    assert left == {"matvec"}
-    assert len({r.key for r in regions.values()}) == 1  # one kernel serves every step
+def kinds(plan):
+    return [type(g).__name__ for g in plan.groups]
 
 
-def test_watched_states_end_a_region():
-    prog = rnn.unroll(cells.lstm(2, 3), steps=2).program
-    watch = {f"c@{t}" for t in range(2)}
-    _, regions = fuse.find_regions(fuse.gemms_first(prog), watch=watch)
-    assert len(regions) == 4  # two per step: the gate math up to c, then h
-    for r in regions.values():
-        made = {m.out.name for m in r.members}
-        read = {a.name for m in r.members for a in m.inputs if hasattr(a, "name")}
-        assert not (made & read & watch)  # a watched c is never read inside its region
-        assert made & watch <= {o.name for o in r.outputs}  # ... and always stored
+def test_lstm_rolls_back_into_one_loop_with_the_input_projection_hoisted():
+    plan = loop.Plan(cells.lstm(2, 3), "float64")
+    assert kinds(plan) == ["Sweep", "Sweep", "Loop"]  # W_ih @ x, + b_ih over all T; the loop
+    (body,) = [g for g in plan.groups if isinstance(g, loop.Loop)]
+    assert body.nodes[0].op == "matvec"  # only the recurrent GEMM stays in the loop
+    src = plan.source()
+    assert "def forward(T, B" in src and "def backward(T, B" in src
+    fwd = src.split("def backward")[0]
+    assert fwd.count("for j in range(3)") == 1  # the gate math is one loop over (b, j)
+    assert fwd.count("_sigmoid(") == 3 and fwd.count("_tanh(") == 2
+    assert "weight_ih" in src.splitlines()[0]
+
+
+def test_a_stack_runs_layer_by_layer():
+    m = Model(cells.gru(2, 4), layers=2, head=1)
+    groups = m.plan().groups
+    loops = [k for k, g in enumerate(groups) if isinstance(g, loop.Loop)]
+    assert len(loops) == 2  # one per layer
+    between = [g.node for g in groups[loops[0]:loops[1]] if isinstance(g, loop.Sweep)]
+    assert any(n.op == "matvec" and n.args[0].name == "weight_ih_l1" for n in between)
+    after = [g.node for g in groups[loops[1]:] if isinstance(g, loop.Sweep)]
+    assert [n.op for n in after] == ["matvec", "add"]  # the head, over all T at once
+
+
+def test_what_is_generated_does_not_depend_on_T(tmp_path, monkeypatch):
+    monkeypatch.setenv("UNROLL_CACHE", str(tmp_path))
+    m = Model(cells.elman(2, 3), seed=0)
+    rng = np.random.default_rng(0)
+    for T in (3, 50, 400):
+        rnn.bptt(m, rng.standard_normal((2, T, 2)), rng.standard_normal((2, T, 3)))
+    files = list((tmp_path / "kernels").glob("loop_*.py"))
+    assert len(files) == 1  # one loop, compiled once, for every T
+    assert len(m.plan().groups[-1].forward.signatures) == 1
 
 
 BROADCASTS = """
@@ -75,21 +91,6 @@ def test_float32_builtins_agree(name):
     agree(m, xs, rng.standard_normal((4, 7, 2)).astype("float32"), atol=2e-5)
 
 
-def test_kernels_are_cached_on_disk(tmp_path, monkeypatch):
-    monkeypatch.setenv("UNROLL_CACHE", str(tmp_path))
-    prog = rnn.unroll(cells.gru(2, 3), steps=1).program
-    _, regions = fuse.find_regions(fuse.gemms_first(prog))
-    (r,) = regions.values()
-    fuse._loaded.pop(r.key, None)
-    first = fuse.kernels(r)
-    files = list((tmp_path / "kernels").glob("region_*.py"))
-    assert len(files) == 1 and "def backward" in files[0].read_text()
-    assert first[2] == (3, 3, 3)  # r, z and n are saved for the backward
-    fuse._loaded.pop(r.key)
-    assert fuse.kernels(r)[2] == (3, 3, 3)  # imported again from the same file
-    assert list((tmp_path / "kernels").glob("region_*.py")) == files
-
-
 def test_compiled_forward_keeps_what_is_asked():
     m = Model(cells.lstm(2, 3), seed=0)
     xs = np.random.default_rng(0).standard_normal((2, 4, 2))
@@ -99,7 +100,7 @@ def test_compiled_forward_keeps_what_is_asked():
     np.testing.assert_allclose(sa["c"], sb["c"], atol=1e-12)
 
 
-def test_scalar_parameters_in_a_region():
+def test_scalar_parameters_in_a_loop():
     from tools.gradcheck import check_bptt
 
     cell = Cell.from_equations("s = alpha * sum(h[t-1])\nh = tanh(W @ x + U @ h[t-1]) + s",
