@@ -134,7 +134,7 @@ def log_softmax_rows(x):
         s = 0.0
         for j in range(x.shape[1]):
             s += math.exp(x[r, j] - m)
-        lse = m + math.log(s)
+        ls = math.log(s)  # (x - m) - log s: m + log s would round away log s at 1e15
         for j in range(x.shape[1]):
-            out[r, j] = x[r, j] - lse
+            out[r, j] = (x[r, j] - m) - ls
     return out

@@ -217,6 +217,16 @@ def positive(text: str) -> int:
     return n
 
 
+def positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = float("nan")
+    if not 0 < v < float("inf"):  # also NaN
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return v
+
+
 def parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="unroll", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -285,7 +295,7 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--samples", type=positive, default=1024)
     sp.add_argument("--epochs", type=positive, default=20)
     sp.add_argument("--batch-size", type=positive, default=32)
-    sp.add_argument("--lr", type=float, default=1e-2)
+    sp.add_argument("--lr", type=positive_float, default=1e-2)
     sp.add_argument("--truncate", type=int, default=None)
     sp.set_defaults(func=cmd_train, hidden_size=16)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 import sys
 import time
 from dataclasses import dataclass, field
@@ -10,7 +12,7 @@ import numpy as np
 
 from ..bptt import bptt
 from ..model import Model
-from .optim import Adam
+from .optim import Adam, NonFiniteError
 
 
 @dataclass
@@ -19,22 +21,60 @@ class History:
     batch_losses: list[float] = field(default_factory=list)
     grad_norms: list[float] = field(default_factory=list)  # before clipping, per batch
     val_losses: list[float] = field(default_factory=list)
+    skipped: list[tuple[int, int]] = field(default_factory=list)  # (epoch, batch) left out
     seconds: float = 0.0
+
+
+def global_norm(grads: dict[str, np.ndarray]) -> float:
+    """The L2 norm of all gradients together, computed so that it never overflows on
+    finite values: each array is scaled by the largest |g| and summed in float64.
+    inf or NaN when some gradient is not finite."""
+    amax = 0.0
+    for g in grads.values():
+        if g.size:
+            a = float(np.max(np.abs(g)))
+            if not math.isfinite(a):
+                return math.inf if not math.isnan(a) else math.nan
+            amax = max(amax, a)
+    if amax == 0.0:
+        return 0.0
+    with np.errstate(under="ignore"):
+        ss = sum(float(np.sum(np.square(np.asarray(g, np.float64) / amax)))
+                 for g in grads.values())
+    return amax * math.sqrt(ss)  # inf only past float64's range (1.8e308)
+
+
+def _non_finite(grads: dict[str, np.ndarray]) -> list[str]:
+    return [k for k, g in grads.items() if not np.all(np.isfinite(g))]
 
 
 def clip_grad_norm(grads: dict[str, np.ndarray], max_norm: float | None) -> float:
     """Scale grads in place so their global norm is at most max_norm; return the norm
-    before clipping. A non-finite norm is an error (the step would ruin the weights)."""
-    norm = float(np.sqrt(sum(float(np.sum(g * g)) for g in grads.values())))
-    if not np.isfinite(norm):
-        bad = [k for k, g in grads.items() if not np.all(np.isfinite(g))]
-        raise FloatingPointError(f"gradient norm is {norm}: non-finite gradients in {bad}; "
-                                 f"lower the learning rate or clip by value")
-    if max_norm is not None and norm > max_norm:
-        scale = max_norm / (norm + 1e-12)
-        for g in grads.values():
-            g *= g.dtype.type(scale)
+    before clipping. Finite gradients whose sum of squares overflows (float32 values of
+    4e19) are scaled correctly. A non-finite gradient is an error (NonFiniteError, a
+    FloatingPointError): the step would ruin the weights."""
+    bad = _non_finite(grads)
+    if bad:
+        raise NonFiniteError(f"non-finite gradients in {bad}; lower the learning rate or "
+                             f"clip by value")
+    norm = global_norm(grads)
+    _scale_to(grads, max_norm, norm)
     return norm
+
+
+def _scale_to(grads: dict[str, np.ndarray], max_norm: float | None, norm: float) -> None:
+    """Scale finite grads of global norm ``norm`` in place to norm max_norm if above it."""
+    if max_norm is None or not norm > max_norm:
+        return
+    if math.isfinite(norm):
+        scale = max_norm / norm
+    else:  # finite float64 gradients whose norm passes 1.8e308: scale in two steps
+        amax = max(float(np.max(np.abs(g))) for g in grads.values() if g.size)
+        with np.errstate(under="ignore"):
+            ss = sum(float(np.sum(np.square(g / amax))) for g in grads.values())
+        scale = (max_norm / amax) / math.sqrt(ss)
+    for g in grads.values():  # in float64, so that a tiny scale stays exact
+        np.copyto(g, np.asarray(g, np.float64) * scale, casting="same_kind")
 
 
 def clip_grad_value(grads: dict[str, np.ndarray], value: float | None) -> None:
@@ -70,26 +110,52 @@ class Progress:
         sys.stderr.flush()
 
 
+def _count(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def _clip(name: str, value) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number > 0 or None, got {value!r}")
+    if not float(value) > 0:  # also NaN
+        raise ValueError(f"{name} must be a number > 0 or None, got {value!r}")
+    return float(value)
+
+
 def fit(model: Model, xs, ys, loss: str = "mse", optimizer=None, epochs: int = 100,
         batch_size: int = 16, clip_norm: float | None = None, clip_value: float | None = None,
         truncate=None, at: str = "all", mask=None, shuffle: bool = True, seed: int = 0,
         stateful: bool = False, progress: bool = True, validation=None,
-        executor: str = "compiled") -> History:
+        executor: str = "compiled", on_nonfinite: str = "raise") -> History:
     """Train ``model`` in place on (xs, ys); return the History.
 
     ``stateful=True`` carries each batch's final state into the next (in order, no
     shuffling), as Keras's ``stateful`` RNNs do. ``validation=(xs, ys)`` records a
     validation loss per epoch.
+
+    The weights never absorb a NaN: a batch whose loss or gradients are not finite, or
+    whose update would make a parameter (or the optimizer's state) non-finite, is
+    stopped before anything is written. ``on_nonfinite="raise"`` (the default) then
+    raises NonFiniteError (a FloatingPointError) naming the epoch and the batch;
+    ``"skip"`` leaves that batch out (``History.skipped`` lists (epoch, batch), from 1)
+    and goes on.
     """
+    epochs = _count("epochs", epochs)
+    batch_size = _count("batch_size", batch_size)
+    clip_norm, clip_value = _clip("clip_norm", clip_norm), _clip("clip_value", clip_value)
+    if on_nonfinite not in ("raise", "skip"):
+        raise ValueError(f"on_nonfinite must be 'raise' or 'skip', got {on_nonfinite!r}")
+    optimizer = optimizer or Adam(lr=1e-2)
+    if hasattr(optimizer, "check"):
+        optimizer.check()
     xs = model.check_xs(xs)
     ys = np.asarray(ys)
     if len(ys) != len(xs):
         raise ValueError(f"xs has {len(xs)} sequences but ys has {len(ys)}")
-    if not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs must be a positive int, got {epochs!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    optimizer = optimizer or Adam(lr=1e-2)
     rng = np.random.default_rng(seed)
     hist = History()
     bar = Progress(epochs, progress)
@@ -100,22 +166,38 @@ def fit(model: Model, xs, ys, loss: str = "mse", optimizer=None, epochs: int = 1
         state, total, count = None, 0.0, 0
         for start in range(0, N, batch_size):
             idx = order[start:start + batch_size]
+            where = f"epoch {epoch + 1}, batch {start // batch_size + 1}"
             init = state if stateful and state is not None and len(idx) == batch_size else None
             res = bptt(model, xs[idx], ys[idx], loss=loss, at=at, initial_state=init,
                        truncate=truncate, mask=None if mask is None else np.asarray(mask)[idx],
                        executor=executor)
-            if not np.isfinite(res.loss):
-                raise FloatingPointError(f"loss is {res.loss} at epoch {epoch + 1}, batch "
-                                         f"{start // batch_size + 1}; lower the learning rate "
-                                         f"or set clip_norm")
-            hist.grad_norms.append(clip_grad_norm(res.grads, clip_norm))
-            clip_grad_value(res.grads, clip_value)
-            optimizer.step(model.params, res.grads)
-            state = res.final_state if stateful else None
             hist.batch_losses.append(res.loss)
+            norm = global_norm(res.grads)  # NaN or inf when a gradient is not finite
+            hist.grad_norms.append(norm)
+            try:
+                if not math.isfinite(res.loss):
+                    raise NonFiniteError(f"the loss is {res.loss}; nothing was updated")
+                bad = [] if math.isfinite(norm) else _non_finite(res.grads)
+                if bad:
+                    raise NonFiniteError(f"non-finite gradients in {bad}; nothing was "
+                                         f"updated")
+                _scale_to(res.grads, clip_norm, norm)
+                clip_grad_value(res.grads, clip_value)
+                optimizer.step(model.params, res.grads)
+            except NonFiniteError as e:
+                if on_nonfinite == "skip":
+                    hist.skipped.append((epoch + 1, start // batch_size + 1))
+                    state = None  # a carried state from this batch may be non-finite too
+                    continue
+                raise NonFiniteError(f"{where}: {e} (the parameters are those after the "
+                                     f"previous batch); lower the learning rate, set "
+                                     f"clip_norm, or pass on_nonfinite='skip'") from None
+            state = res.final_state if stateful else None
             total, count = total + res.loss * len(idx), count + len(idx)
-        hist.losses.append(total / count)
+        hist.losses.append(total / count if count else math.nan)
         text = f"loss {hist.losses[-1]:.5g}"
+        if hist.skipped:
+            text += f" ({len(hist.skipped)} skipped)"
         if validation is not None:
             vx, vy = validation
             vres = bptt(model, vx, vy, loss=loss, at=at, executor=executor)
