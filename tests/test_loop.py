@@ -152,3 +152,77 @@ def test_random_cells_agree_with_the_interpreter(text):
     mask = np.ones((3, 4))
     mask[0, 2:] = 0
     agree(m, xs, ys, mask=mask, truncate=2)
+
+
+
+
+def test_delays_delayed_inputs_and_reductions_inside_the_loop():
+    cell = Cell.from_equations(
+        "a = tanh(W @ x + U @ h[t-2] + V @ x[t-1] + b)\n"
+        "m = softmax(P @ a)\n"
+        "s = sum(m * a) + mean(h[t-1])\n"
+        "lo, hi = split(a, 2)\n"
+        "h = concat(lo * s, relu(Q @ h[t-1]))",
+        inputs={"x": 2}, states={"h": 4}, sizes={"a": 4, "m": 4, "lo": 2, "hi": 2})
+    m = Model(cell, layers=2, head=1, seed=4)
+    rng = np.random.default_rng(5)
+    xs, ys = rng.standard_normal((3, 7, 2)), rng.standard_normal((3, 7, 1))
+    agree(m, xs, ys)
+    agree(m, xs, ys, truncate=3)
+    agree(m, xs, ys[:, -1], at="last")
+    mask = np.ones((3, 7))
+    mask[2, 4:] = 0
+    agree(m, xs, ys, mask=mask)
+
+
+def test_initial_states_given_and_learned_and_adjoints_kept():
+    m = Model(cells.lstm(2, 3), layers=2, head=1, seed=1, learn_initial=("c",))
+    rng = np.random.default_rng(0)
+    xs, ys = rng.standard_normal((2, 5, 2)), rng.standard_normal((2, 5, 1))
+    m.params["init_c_l1"][:] = rng.standard_normal(3)
+    h0 = rng.standard_normal((2, 2, 3))
+    agree(m, xs, ys, initial_state={"h": h0})
+    a = rnn.bptt(m, xs, ys, executor="reference", keep_adjoints=True)
+    b = rnn.bptt(m, xs, ys, keep_adjoints=True)
+    for t in range(5):
+        np.testing.assert_allclose(b.adjoints[f"c_l0@{t}"], a.adjoints[f"c_l0@{t}"], atol=1e-12)
+
+
+def test_bptt_k1_k2_and_seq2seq_agree():
+    rng = np.random.default_rng(3)
+    m = Model(cells.gru(2, 3), head=1, seed=2)
+    xs, ys = rng.standard_normal((2, 9, 2)), rng.standard_normal((2, 9, 1))
+    agree(m, xs, ys, truncate=(2, 4))
+    s2s = rnn.Seq2Seq(cells.lstm(3, 4), cells.gru(1, 4), head=3, out_steps=3)
+    xs, ys = rng.standard_normal((2, 5, 3)), rng.standard_normal((2, 3, 3))
+    a, b = rnn.bptt(s2s, xs, ys, executor="reference"), rnn.bptt(s2s, xs, ys)
+    assert abs(a.loss - b.loss) < 1e-12
+    for k in a.grads:
+        np.testing.assert_allclose(b.grads[k], a.grads[k], atol=1e-10, err_msg=k)
+
+
+def test_a_cell_of_600_equations_compiles_without_recursion():
+    lines = ["a0 = tanh(W @ x + U @ h[t-1])"]
+    lines += [f"a{k} = a{k - 1} * 0.999 + 0.001 * sigmoid(a{k - 1})" for k in range(1, 600)]
+    lines.append("h = a599")
+    cell = Cell.from_equations("\n".join(lines), inputs={"x": 2}, states={"h": 3})
+    m = Model(cell, head=1, seed=0)
+    rng = np.random.default_rng(0)
+    agree(m, rng.standard_normal((2, 3, 2)), rng.standard_normal((2, 3, 1)))
+
+
+def test_long_sequences_keep_only_activations(tmp_path):
+    """T = 10,000 in a fresh process: no unrolled program is built for the compiled path,
+    so memory is the activations (a few MB here), not a plan per step."""
+    code = ("import resource, numpy as np, rnn\n"
+            "m = rnn.Model(rnn.cells.lstm(8, 32), seed=0)\n"
+            "xs = np.ones((4, 10000, 8)); ys = np.zeros((4, 10000, 32))\n"
+            "rnn.bptt(m, xs, ys)\n"
+            "assert not m._programs  # the unrolled program was never built\n"
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)")
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout) < 600  # MB; the old executor peaked at 700-1000 MB

@@ -52,6 +52,7 @@ BACKWARD = {  # (cotangent for arg 0, for arg 1) given g, the output y and the a
     "softplus": ("{g} * _sigmoid({0})",), "pow": ("{g} * _F({p}) * {0} ** _F({p} - 1.0)",),
 }
 ELEMENTWISE = set(FORWARD)
+MAX_RUN = 24  # nodes fused into one loop: Numba's compile time grows fast with loop size
 LOOP_OPS = ELEMENTWISE | {"matvec", "slice", "sum", "mean", "softmax", "concat"}
 _KERNELS_HASH = hashlib.sha1(Path(_kernels.__file__).read_bytes()).hexdigest()[:12]
 
@@ -256,6 +257,7 @@ class _Emit:
                     self.ext.setdefault(a.name, len(self.ext))
                 if a.kind in ("node", "input") and a.delay:
                     self.delayed.add((a.name, a.delay))
+        self.lits: dict[float, str] = {}  # number literal -> its module constant
         self.ring = {}  # in-group value read with delays -> ring length (max delay + 1)
         for name, d in self.delayed:
             if name in self.names:
@@ -266,7 +268,8 @@ class _Emit:
         for n in grp.nodes:
             fusable = n.op in ELEMENTWISE or n.op == "slice"
             last = self.segments[-1] if self.segments else None
-            if (fusable and last and self._fused(last) and last[0].width == n.width):
+            if (fusable and last and self._fused(last) and last[0].width == n.width
+                    and len(last) < MAX_RUN):
                 last.append(n)
             else:
                 self.segments.append([n])
@@ -312,13 +315,17 @@ class _Emit:
         tag = f"{self.idx[a.name]}" if a.name in self.names else f"e{self.ext[a.name]}"
         return f"c{tag}" if not a.delay else f"c{tag}_{a.delay}"
 
+    def literal(self, value: float) -> str:
+        """A module constant (Numba freezes globals; a call per use costs compile time)."""
+        return self.lits.setdefault(value, f"L{len(self.lits)}")
+
     def p(self, name) -> str:
         return f"P{self.params[name]}"
 
     def at(self, a: Arg, width: int) -> str:
         """Scalar expression of operand ``a`` at (b, j) in a loop over ``width``."""
         if a.kind == "lit":
-            return f"_F({a.value!r})"
+            return self.literal(a.value)
         if a.kind == "param":
             shape = self.step.params[a.name]
             ix = "[()]" if not shape else ("[0]" if shape[0] == 1 else "[j]")
@@ -619,13 +626,19 @@ class Plan:
             if isinstance(grp, Loop):
                 em = _Emit(step, grp)
                 head = PRELUDE.format(dtype=self.dtype.name, kernels_hash=_KERNELS_HASH)
-                grp.src = head + "\n\n" + em.forward() + "\n\n" + em.backward()
+                fwd, bwd = em.forward(), em.backward()
+                consts = "".join(f"{k} = _F({v!r})\n" for v, k in em.lits.items())
+                grp.src = head + consts + "\n\n" + fwd + "\n\n" + bwd
                 mod = cache.load(grp.src, "loop")
                 grp.flops = sum(2 * np.prod(step.params[n.args[0].name]) for n in grp.nodes
                                 if n.op == "matvec")
                 grp.forward, grp.backward = mod.forward, mod.backward
 
-    def source(self) -> str:
+    def summary(self) -> str:
+        """The plan, a line per group: sweeps over all T, and each loop's nodes."""
+        return self.source(code=False)
+
+    def source(self, code: bool = True) -> str:
         """The plan as text: each sweep as one line, each loop as its generated code."""
         out = []
         for grp in self.groups:
@@ -633,9 +646,12 @@ class Plan:
                 n = grp.node
                 args = ", ".join(_fmt_arg(a) for a in n.args)
                 out.append(f"sweep  {n.out}[T,B,{n.width}] = {n.op}({args})  over all T")
-            else:
-                out.append(f"loop over t: {', '.join(n.out for n in grp.nodes)}")
-                out.append(grp.src.split('"""', 2)[2].split("ZERO = _F(0.0)\n", 1)[1].strip())
+                continue
+            steps = "; ".join(f"{n.out} = {n.op}({', '.join(_fmt_arg(a) for a in n.args)})"
+                              for n in grp.nodes)
+            out.append(f"loop   t = 0..T-1: {steps}")
+            if code:
+                out.append(grp.src.split("ZERO = _F(0.0)\n", 1)[1].strip() + "\n")
         return "\n".join(out)
 
     # -------------------------------------------------------------- running
