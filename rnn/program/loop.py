@@ -731,10 +731,10 @@ class Plan:
                     gg = g if g is not None else np.zeros((T, B, n.width), self.dtype)
                     norms[n.out] = np.sqrt(np.einsum("tbj,tbj->t", gg, gg))
                     if keep_adjoints:
-                        kept[n.out] = gg
+                        kept[n.out] = gg.copy()  # adjoints are passed on and added to
                 if g is None:
                     continue
-                self._sweep_backward(n, g, vals, params, init, gparams, ginit, adj_of, K, T, B)
+                self._sweep_backward(n, g, vals, params, init, gparams, ginit, adj, K, T, B)
                 continue
             extra = {}
             for role, name in grp.bwd_args:
@@ -768,7 +768,7 @@ class Plan:
             kept = {}
         return gparams, ginit, norms, kept
 
-    def _sweep_backward(self, n, g, vals, params, init, gparams, ginit, adj_of, K, T, B):
+    def _sweep_backward(self, n, g, vals, params, init, gparams, ginit, adj, K, T, B):
         args = [self._operand(a, vals, params, init, T, B) for a in n.args]
         g2 = g.reshape(T * B, n.width)
         if n.op == "matvec":  # no cotangent for data
@@ -778,6 +778,7 @@ class Plan:
         else:
             y = vals[n.out].reshape(T * B, n.width)
             cts = OPS[n.op].vjp(g2, y, *args, **n.kw)
+        handed = set()  # arrays given to an adjoint as they are (not copied)
         for a, arr, c in zip(n.args, args, cts):
             if c is None or a.kind in ("lit", "input"):
                 continue
@@ -786,17 +787,23 @@ class Plan:
                 continue
             c = unbroadcast(c, arr.shape).reshape(T, B, -1)
             d = a.delay
-            if not d:
-                adj_of(a.name)[...] += c
-                continue
-            if a.name in ginit:
+            if d and a.name in ginit:
                 ginit[a.name] += c[:d].sum(axis=0)
-            if d < T:
-                c = c[d:]
-                if K and a.name in self.step.blend:  # truncation: cut reads across a boundary
-                    t = np.arange(d, T)
-                    c = c * ((t - d) // K == t // K)[:, None, None]
-                adj_of(a.name)[:T - d] += c
+            if d >= T:
+                continue
+            c = c[d:] if d else c
+            if d and K and a.name in self.step.blend:  # truncation: cut reads across a boundary
+                t = np.arange(d, T)
+                c = c * ((t - d) // K == t // K)[:, None, None]
+            base = c if c.base is None else c.base
+            if (not d and a.name not in adj and id(base) not in handed and c.flags.writeable
+                    and c.flags.c_contiguous and c.dtype == self.dtype):
+                adj[a.name] = c  # n's adjoint is used up: pass it on without a copy
+                handed.add(id(base))
+                continue
+            if a.name not in adj:
+                adj[a.name] = np.zeros((T, B, self.step.widths[a.name]), self.dtype)
+            adj[a.name][:T - d] += c
 
 
 class _LoopThreads:
