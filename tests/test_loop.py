@@ -1,6 +1,7 @@
 """The loop compiler: the plan it makes of a cell, and agreement with the reference
 interpreter on cells that exercise every op, broadcast, delay and option."""
 
+import numba
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -216,6 +217,7 @@ def test_a_cell_of_600_equations_runs_without_recursion():
     agree(m, rng.standard_normal((2, 3, 2)), rng.standard_normal((2, 3, 1)))
 
 
+@pytest.mark.skipif(numba.config.DISABLE_JIT, reason="10,000 steps of plain Python loops")
 def test_long_sequences_keep_only_activations(tmp_path):
     """T = 10,000 in a fresh process: no unrolled program is built for the compiled path,
     so memory is the activations (a few MB here), not a plan per step."""
