@@ -60,7 +60,8 @@ def test_what_is_generated_does_not_depend_on_T(tmp_path, monkeypatch):
         rnn.bptt(m, rng.standard_normal((2, T, 2)), rng.standard_normal((2, T, 3)))
     files = list((tmp_path / "kernels").glob("loop_*.py"))
     assert len(files) == 1  # one loop, compiled once, for every T
-    assert len(m.plan().groups[-1].forward.signatures) == 1
+    if not numba.config.DISABLE_JIT:
+        assert len(m.plan().groups[-1].forward.signatures) == 1
 
 
 BROADCASTS = """

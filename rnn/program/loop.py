@@ -579,18 +579,17 @@ class _Emit:
             if self.dst(x) is None:
                 return []
             xw = self.step.widths[x.name]
-            return [f"np.dot({g}, {self.p(W.name)}, tmp{i})", "for b in range(B):",
-                    f"    for j in range({xw}):",
-                    *["        " + ln for ln in self.add_into(x, f"tmp{i}[b, j]", "j", xw)]]
+            return [f"np.dot({g}, {self.p(W.name)}, tmp{i})",
+                    *_loop2(xw, self.add_into(x, f"tmp{i}[b, j]", "j", xw))]
         a = n.args[0]
         if n.op in ("sum", "mean"):
             wi = self.step.widths[a.name]
             div = f" / _F({wi})" if n.op == "mean" else ""
-            add = self.add_into(a, f"{g}[b, 0]{div}", "j", wi)
-            return ["for b in range(B):", f"    for j in range({wi}):",
-                    *["        " + ln for ln in add]]
+            return _loop2(wi, self.add_into(a, f"{g}[b, 0]{div}", "j", wi))
         if n.op == "softmax":
             add = self.add_into(a, f"v{i}[b, j] * ({g}[b, j] - s)", "j", w)
+            if not add:
+                return []
             return ["for b in range(B):", "    s = ZERO", f"    for j in range({w}):",
                     f"        s += {g}[b, j] * v{i}[b, j]", f"    for j in range({w}):",
                     *["        " + ln for ln in add]]
@@ -598,12 +597,18 @@ class _Emit:
             out, off = [], 0
             for a in n.args:
                 wa = self.step.widths[a.name]
-                out += ["for b in range(B):", f"    for j in range({wa}):",
-                        *["        " + ln for ln in self.add_into(a, f"{g}[b, j + {off}]",
-                                                               "j", wa)]]
+                out += _loop2(wa, self.add_into(a, f"{g}[b, j + {off}]", "j", wa))
                 off += wa
             return out
         raise Unsupported(n.op)
+
+
+def _loop2(width: int, body: list[str]) -> list[str]:
+    """``body`` in a loop over (b, j < width); nothing when the body is empty."""
+    if not body:
+        return []
+    return ["for b in range(B):", f"    for j in range({width}):",
+            *["        " + ln for ln in body]]
 
 
 # ------------------------------------------------------------------ the plan
