@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-import ast
+import numbers
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -16,25 +16,29 @@ import networkx as nx
 
 from engine.errors import AlgebraicLoopError, CellError
 
-from .parse import Node, Ref, parse
+from .parse import Node, Ref, parse_equations
 
 
 # ---------------------------------------------------------------- dimension solver
 class _Dims:
     """Union-find over dimension variables, plus constraints a = n*b and s = a + b + ...
 
-    Constraints are solved by propagation to a fixpoint (tiny systems: one per cell).
+    Constraints are solved by propagation with a work list: a constraint is looked at
+    again only when one of its dimensions gains a value, so a cell of thousands of
+    splits and concats is solved in linear time.
     """
 
     def __init__(self):
         self.parent: list[int] = []
         self.val: list[int | None] = []
-        self.mul: list[tuple[int, int, int]] = []  # a = n * b
-        self.sums: list[tuple[int, list[int]]] = []  # s = sum(parts)
+        self.cons: list[tuple] = []  # ("mul", a, n, b): a = n * b; ("sum", s, parts)
+        self.watch: list[list[int]] = []  # per root: the constraints that mention it
+        self.todo: list[int] = []
 
     def new(self, value: int | None = None) -> int:
         self.parent.append(len(self.parent))
         self.val.append(value)
+        self.watch.append([])
         return len(self.parent) - 1
 
     def find(self, d: int) -> int:
@@ -46,6 +50,11 @@ class _Dims:
     def get(self, d: int) -> int | None:
         return self.val[self.find(d)]
 
+    def _set(self, d: int, value: int) -> None:
+        r = self.find(d)
+        self.val[r] = value
+        self.todo.extend(self.watch[r])
+
     def unify(self, a: int, b: int) -> bool:
         ra, rb = self.find(a), self.find(b)
         if ra == rb:
@@ -53,40 +62,65 @@ class _Dims:
         va, vb = self.val[ra], self.val[rb]
         if va is not None and vb is not None and va != vb:
             return False
+        if len(self.watch[ra]) < len(self.watch[rb]):
+            ra, rb, va, vb = rb, ra, vb, va
         self.parent[rb] = ra
-        self.val[ra] = va if va is not None else vb
+        if va is None and vb is not None:
+            self.val[ra] = vb
+            self.todo.extend(self.watch[ra])  # these constraints now see a value
+        elif vb is None and va is not None:
+            self.todo.extend(self.watch[rb])
+        self.watch[ra] += self.watch[rb]
+        self.watch[rb] = []
         return self.solve()
 
     def bind(self, d: int, value: int) -> bool:
         return self.unify(d, self.new(value))
 
+    def add_mul(self, a: int, n: int, b: int) -> bool:
+        return self._add(("mul", a, n, b), (a, b))
+
+    def add_sum(self, s: int, parts: list[int]) -> bool:
+        return self._add(("sum", s, parts), (s, *parts))
+
+    def _add(self, con, dims) -> bool:
+        i = len(self.cons)
+        self.cons.append(con)
+        for d in set(self.find(d) for d in dims):
+            self.watch[d].append(i)
+        self.todo.append(i)
+        return self.solve()
+
     def solve(self) -> bool:
-        changed = True
-        while changed:
-            changed = False
-            for a, n, b in self.mul:
+        while self.todo:
+            con = self.cons[self.todo.pop()]
+            if con[0] == "mul":
+                _, a, n, b = con
                 va, vb = self.get(a), self.get(b)
                 if va is not None and vb is None:
                     if va % n:
                         return False
-                    self.val[self.find(b)], changed = va // n, True
+                    self._set(b, va // n)
                 elif vb is not None and va is None:
-                    self.val[self.find(a)], changed = vb * n, True
+                    self._set(a, vb * n)
                 elif va is not None and va != n * vb:
                     return False
-            for s, parts in self.sums:
+            else:
+                _, s, parts = con
                 vs, vp = self.get(s), [self.get(p) for p in parts]
-                unknown = [p for p, v in zip(parts, vp) if v is None]
+                unknown = {self.find(p) for p, v in zip(parts, vp) if v is None}
                 if not unknown:
                     if vs is None:
-                        self.val[self.find(s)], changed = sum(vp), True
+                        self._set(s, sum(vp))
                     elif vs != sum(vp):
                         return False
                 elif vs is not None and len(unknown) == 1:
+                    u = unknown.pop()
+                    k = sum(1 for p in parts if self.find(p) == u)  # concat(a, a): 2a
                     rest = vs - sum(v for v in vp if v is not None)
-                    if rest < 1:
+                    if rest < k or rest % k:
                         return False
-                    self.val[self.find(unknown[0])], changed = rest, True
+                    self._set(u, rest // k)
         return True
 
     def fmt(self, shape) -> str:
@@ -130,21 +164,18 @@ class Cell:
     def from_equations(cls, text: str, inputs: dict[str, int], states: dict[str, int] | None = None,
                        outputs: list[str] | str | None = None, sizes: dict[str, int] | None = None,
                        ) -> Cell:
-        """Parse, check and shape a cell written as equations (see SPEC section 3)."""
+        """Parse, check and shape a cell written as equations (see SPEC section 3).
+
+        Anything wrong in the text or the sizes is a CellError (a ValueError) naming line
+        and column where there is one; a TypeError only for an argument of the wrong type.
+        A cell this accepts runs."""
         if not isinstance(text, str):
             raise TypeError(f"equations must be a string, got {type(text).__name__}")
         if not isinstance(inputs, dict) or not inputs:
             raise TypeError("inputs must be a dict of input names to sizes, e.g. {'x': 3}")
-        nodes = parse(text)
+        nodes, sources = parse_equations(text)
         if not nodes:
             raise CellError("no equations given")
-        sources = {}
-        tree = ast.parse(text)
-        for stmt in tree.body:
-            tgt = stmt.targets[0]
-            names = [tgt] if isinstance(tgt, ast.Name) else tgt.elts
-            for nm in names:
-                sources[nm.id] = ast.get_source_segment(text, stmt)
         if isinstance(outputs, str):
             outputs = [outputs]
         return cls.from_nodes(nodes, inputs, states or {}, outputs, sizes or {}, {}, sources,
@@ -153,18 +184,26 @@ class Cell:
     @classmethod
     def from_nodes(cls, nodes, inputs, states, outputs, sizes, param_shapes, sources, text):
         """Check and shape a list of cell nodes (what the parser and stacking produce)."""
-        for name, n in {**inputs, **states, **(sizes or {})}.items():
-            if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-                raise ValueError(f"the size of '{name}' must be a positive int, got {n!r}")
+        sized = []
+        for what in (inputs, states, sizes or {}):
+            if not isinstance(what, dict):
+                raise TypeError(f"sizes are given as a dict of names to ints, got {what!r}")
+            for name, n in what.items():
+                if not isinstance(name, str):
+                    raise TypeError(f"a name must be a string, got {name!r}")
+                if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+                    raise CellError(f"the size of '{name}' must be a positive int, got {n!r}")
+            sized.append({k: int(n) for k, n in what.items()})
+        inputs, states, sizes = sized
         defined: dict[str, Node] = {}
         for nd in nodes:
             if nd.out in inputs:
                 raise CellError(f"'{nd.out}' is an input and cannot also be defined by an "
                                 f"equation", nd.line, nd.col)
-            if nd.out in defined:
+            if nd.out in defined:  # h.1 of a second 'h = ...' clashes before h does
                 first = defined[nd.out]
-                raise CellError(f"variable '{nd.out}' is defined twice (first on line "
-                                f"{first.line})", nd.line, nd.col)
+                raise CellError(f"variable '{nd.target or nd.out}' is defined twice (first on "
+                                f"line {first.line})", nd.line, nd.col)
             defined[nd.out] = nd
         input_delays: dict[str, int] = {}
         read_delayed: dict[str, Node] = {}
@@ -192,8 +231,26 @@ class Cell:
                   if isinstance(a, Ref) and a.delay == 0 and a.name not in defined
                   and a.name not in inputs]
         params = list(dict.fromkeys(params))
+        dynamic = cls._dynamic(order, inputs)
         shapes = cls._infer(order, inputs, states, sizes or {}, params, param_shapes or {},
-                            read_delayed)
+                            read_delayed, dynamic)
+        for v, reader in read_delayed.items():
+            if v not in dynamic:  # the reference interpreter would mix batched and not
+                nd = defined[v]
+                raise CellError(f"state '{v}' (read as {v}[t-k] on line {reader.line}) depends "
+                                f"on no input and no state (only parameters and numbers): it "
+                                f"would be the same for every sequence; a state must be "
+                                f"computed from an input or a state", nd.line, nd.col)
+        for o in outputs:
+            nd = defined[o]
+            if len(shapes[o]) != 1:
+                raise CellError(f"output '{o}' is a single number (sum, mean and number "
+                                f"literals give one), not a vector; an output must be a "
+                                f"vector", nd.line, nd.col)
+            if o not in dynamic:
+                raise CellError(f"output '{o}' depends on no input and no state (only "
+                                f"parameters and numbers): it would be the same for every "
+                                f"sequence and step", nd.line, nd.col)
         # keep text order for display and unrolling order among independent nodes
         state_sizes = {s: shapes[s][0] if shapes[s] else 1 for s in defined if s in read_delayed}
         return cls(order, inputs, state_sizes, outputs, {p: shapes[p] for p in params},
@@ -227,7 +284,18 @@ class Cell:
         return [defined[n] for n in order]
 
     @staticmethod
-    def _infer(order, inputs, states, sizes, params, param_shapes, read_delayed):
+    def _dynamic(order, inputs) -> set[str]:
+        """The nodes that depend on an input or a state (the rest: parameters and numbers
+        alone, the same for every sequence)."""
+        dyn: set[str] = set()
+        for nd in order:
+            if any(isinstance(a, Ref) and (a.delay or a.name in inputs or a.name in dyn)
+                   for a in nd.args):
+                dyn.add(nd.out)
+        return dyn
+
+    @staticmethod
+    def _infer(order, inputs, states, sizes, params, param_shapes, read_delayed, dynamic):
         D = _Dims()
         shape: dict[str, tuple | None] = {}
         for name, n in inputs.items():
@@ -249,6 +317,28 @@ class Cell:
                 shape[a.name] = (D.new(),)
             return shape[a.name]
 
+        def named(a):  # an internal node (h.3) is shown by where it is, not by name
+            return "this value" if "." in a.name else f"'{a}'"
+
+        def operand(nd, a, what, scalar_ok=True, static_ok=True):
+            """vector(nd, a), an error unless a fits: no matrix (they only appear on the
+            left of @), a number only where scalar_ok, parameters alone where static_ok."""
+            s = vector(nd, a)
+            if len(s) > 1:
+                raise conflict(nd, f"{what} of {named(a)} {D.fmt(s)}: a matrix only appears "
+                                   f"on the left of @")
+            if not s and not scalar_ok:
+                raise conflict(nd, f"{what} of {named(a)}, a single number (sum, mean and "
+                                   f"number literals give one): {what} takes a vector")
+            if not static_ok and a.delay == 0 and a.name not in inputs and \
+                    a.name not in dynamic:
+                raise CellError(f"{what} of {named(a)}, which depends on no input and no state "
+                                f"(only parameters and numbers): {what} takes a value "
+                                f"computed from an input or a state; a parameter is used "
+                                f"as a whole, on the left of @ or elementwise "
+                                f"(+ - * / ** and tanh, sigmoid, ...)", nd.line, nd.col)
+            return s
+
         for nd in order:
             args = [None if isinstance(a, float) else a for a in nd.args]
             op = nd.op
@@ -267,6 +357,7 @@ class Cell:
                 if len(sA) != 2 or len(sv) != 1:
                     raise conflict(nd, f"{A.name} @ {v}: needs a matrix and a vector, got "
                                        f"{D.fmt(sA)} @ {D.fmt(sv)}")
+                operand(nd, v, "the right of @", static_ok=False)
                 if not D.unify(sA[1], sv[0]):
                     raise conflict(nd, f"{A.name} @ {v}: {A.name} is {D.fmt(sA)} but {v} is "
                                        f"{D.fmt(sv)}; the columns of {A.name} must match")
@@ -290,22 +381,20 @@ class Cell:
                                        f"{D.fmt(sb)}")
                 out = sa or sb
             elif op in SAME_SHAPE:
-                out = () if args[0] is None else vector(nd, args[0])
+                out = () if args[0] is None else operand(nd, args[0], op)
             elif op in ("sum", "mean"):
-                vector(nd, args[0])
+                operand(nd, args[0], op, scalar_ok=False, static_ok=False)
                 out = ()
             elif op == "split":
-                src = vector(nd, args[0])
+                src = operand(nd, args[0], op, scalar_ok=False, static_ok=False)
                 n = dict(nd.params)["n"]
                 out = (D.new(),)
-                D.mul.append((src[0], n, out[0]))
-                if not D.solve():
+                if not D.add_mul(src[0], n, out[0]):
                     raise conflict(nd, f"split of {nd.args[0]} {D.fmt(src)} into {n} equal parts")
             elif op == "concat":
-                parts = [vector(nd, a)[0] for a in args]
+                parts = [operand(nd, a, op, scalar_ok=False, static_ok=False)[0] for a in args]
                 out = (D.new(),)
-                D.sums.append((out[0], parts))
-                if not D.solve():
+                if not D.add_sum(out[0], parts):
                     raise conflict(nd, "concat sizes do not add up")
             else:  # pragma: no cover - the parser only emits the ops above
                 raise CellError(f"unknown cell op {op}", nd.line, nd.col)
@@ -368,6 +457,10 @@ class Cell:
         lines = [f"cell  inputs: {ins}  states: {st}  outputs: {', '.join(self.outputs)}",
                  f"      params: {ps}"]
         shown = set()
+        parts: dict[tuple, list[str]] = {}  # a split's source -> the names it defines
+        for m in self.nodes:
+            if m.op == "split":
+                parts.setdefault((m.args, self.sources.get(m.target)), []).append(m.out)
         for nd in sorted(self.nodes, key=lambda n: (n.line, n.col)):
             src = self.sources.get(nd.target)
             if src is None:  # built without text (stacking): show the node itself
@@ -378,7 +471,7 @@ class Cell:
             key = src
             shown.add(key)
             if nd.op == "split":
-                names = [m.out for m in self.nodes if m.op == "split" and m.args == nd.args]
+                names = parts[(nd.args, src)]
                 lhs = ", ".join(f"{m}{_fmt(self.shapes[m])}" for m in names)
             else:
                 lhs = f"{nd.target}{_fmt(self.shapes[nd.target])}"
