@@ -17,7 +17,7 @@ import numpy as np
 from engine import ir
 
 from .lang.parse import Ref
-from .losses import check_targets, loss_program, loss_weights
+from .losses import check_targets, loss_program, loss_weights, mse_and_grad
 from .model import Model, check_mask
 from .program.executor import REFERENCE, check_executor
 
@@ -127,16 +127,19 @@ def _run_plan(model, plan, xs, targets, weights, loss, at, initial_state, k, mas
 def _loss(model, Y, targets, weights, loss, at):
     """The loss of the outputs of every step, Y (T, B, O), and dL/dY."""
     T, _, O = Y.shape
-    prog = loss_program(loss, at, T, O, model.dtype)
     y = Y.transpose(1, 0, 2) if at == "all" else Y[-1]
-    vals = ir.interpret(prog, {"Y": y, "targets": targets, "weights": weights})
-    gy = ir.backward(prog, vals, {"loss": np.ones((), model.dtype)})["Y"]
-    dY = np.zeros_like(Y)
-    if at == "all":
-        dY[...] = gy.transpose(1, 0, 2)
+    if loss == "mse":
+        value, gy = mse_and_grad(y, targets, weights)
     else:
-        dY[-1] = gy
-    return float(vals["loss"]), dY
+        prog = loss_program(loss, at, T, O, model.dtype)
+        vals = ir.interpret(prog, {"Y": y, "targets": targets, "weights": weights})
+        gy = ir.backward(prog, vals, {"loss": np.ones((), model.dtype)})["Y"]
+        value = float(vals["loss"])
+    if at == "all":
+        return value, np.ascontiguousarray(gy.transpose(1, 0, 2))
+    dY = np.zeros_like(Y)
+    dY[-1] = gy
+    return value, dY
 
 
 def _run_program(model, plan, xs, targets, weights, loss, at, initial_state, k, mask, executor,

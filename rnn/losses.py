@@ -42,6 +42,17 @@ def loss_program(loss: str, at: str, steps: int, O: int, dtype: str) -> Program:
     return _append(b, b.input("Y", lead + (O,)), lead, O, loss)
 
 
+def mse_and_grad(y: np.ndarray, targets: np.ndarray, weights: np.ndarray):
+    """The mse of ``_append``, sum(w * (y - target)^2), and its gradient 2 w (y - target),
+    in three passes over y: what the loss program computes, without its temporaries
+    (the compiled path's loss; tests hold the two together)."""
+    dw = y - targets
+    dw *= weights
+    value = float(np.vdot(dw, y - targets))
+    dw *= 2
+    return value, dw
+
+
 def _check(loss, at):
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
