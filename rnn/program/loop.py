@@ -627,6 +627,7 @@ class Plan:
         self.step = step = step_of(cell, masked)
         self.groups = groups_of(step)
         _plan_storage(step, self.groups, set())
+        self.inplace = _donors(step, self.groups)
         for grp in self.groups:
             if isinstance(grp, Loop):
                 em = _Emit(step, grp)
@@ -672,7 +673,10 @@ class Plan:
                 n = grp.node
                 args = [self._operand(a, vals, params, init, T, B) for a in n.args]
                 op, kw = OPS[n.op], n.kw
-                y = op.forward(*args, **kw)
+                if n.out in self.inplace:  # write over an operand nobody reads again
+                    y = INPLACE[n.op](*args, out=args[0])
+                else:
+                    y = op.forward(*args, **kw)
                 if y.shape != (T * B, n.width):  # a value of parameters alone
                     y = np.ascontiguousarray(np.broadcast_to(y, (T * B, n.width)))
                 vals[n.out] = y.reshape(T, B, n.width)
@@ -845,6 +849,30 @@ class _LoopThreads:
 
 
 _threads = _LoopThreads()
+
+
+INPLACE = {"add": np.add, "sub": np.subtract, "div": np.divide}
+
+
+def _donors(step: Step, groups: list) -> set:
+    """Sweeps that may compute into their first operand's array: it is another sweep's
+    value, read by this node alone, and no backward rule reads either value (as
+    ``W @ x + b``: the sum overwrites the product)."""
+    uses: dict[str, int] = {}
+    for n in step.nodes:
+        for a in n.args:
+            if a.kind == "node":
+                uses[a.name] = uses.get(a.name, 0) + 1 + (a.delay > 0)
+    sweeps = {g.node.out: g.node for g in groups if isinstance(g, Sweep)}
+    out = set()
+    for n in sweeps.values():
+        a = n.args[0]
+        p = sweeps.get(a.name) if a.kind == "node" and not a.delay else None
+        if (n.op in INPLACE and p is not None and p.op in _NEEDS and not _NEEDS[p.op][1]
+                and 0 not in _NEEDS[n.op][0] and uses[p.out] == 1 and p.width == n.width
+                and p.out not in step.states and p.out not in step.outputs):
+            out.add(n.out)
+    return out
 
 
 def _shift(v, init, d):
