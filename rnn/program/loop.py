@@ -22,6 +22,7 @@ generated loops (``unroll compile CELL --show``).
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -817,9 +818,10 @@ class Plan:
 
 class _LoopThreads:
     """BLAS threads for the GEMMs inside the loops (Numba's np.dot calls scipy's BLAS):
-    one thread when they are small (threads only spin on them, and collapse when another
-    process is busy), all cores when they are big. The hoisted GEMMs (numpy's BLAS) keep
-    all cores. Restored after each call."""
+    one thread when they are small (threads only spin on them) or when the machine is
+    already busy (the load average says the cores are taken: threads that wait for each
+    other every step collapse then), all cores otherwise. The hoisted GEMMs (numpy's
+    BLAS) keep all cores. Restored after each call."""
 
     SMALL = 16e6  # FLOPs per step below which one thread is faster
 
@@ -833,8 +835,15 @@ class _LoopThreads:
         own = [lib for lib in libs if "scipy" in lib.filepath.replace("scipy_openblas", "")]
         self.libs = own or libs
 
+    @staticmethod
+    def crowded() -> bool:
+        try:
+            return os.getloadavg()[0] > (os.cpu_count() or 1) - 0.5
+        except OSError:  # no load average on this system
+            return False
+
     def run(self, flops: float, fn, *args):
-        if flops >= self.SMALL:
+        if flops >= self.SMALL and not self.crowded():
             return fn(*args)
         if self.libs is None:
             self._find()
