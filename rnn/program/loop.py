@@ -43,7 +43,7 @@ FORWARD = {
     "add": "{0} + {1}", "sub": "{0} - {1}", "mul": "{0} * {1}", "div": "{0} / {1}",
     "neg": "-{0}", "copy": "{0}", "exp": "_exp({0})", "log": "_log({0})",
     "tanh": "_tanh({0})", "sigmoid": "_sigmoid({0})", "relu": "({0} if {0} > ZERO else ZERO)",
-    "softplus": "(max({0}, ZERO) + math.log1p(math.exp(-abs({0}))))", "pow": "{0} ** _F({p})",
+    "softplus": "_softplus({0})", "pow": "{0} ** _F({p})",
 }
 BACKWARD = {  # (cotangent for arg 0, for arg 1) given g, the output y and the args
     "add": ("{g}", "{g}"), "sub": ("{g}", "-{g}"), "mul": ("{g} * {1}", "{g} * {0}"),
@@ -232,6 +232,7 @@ from numpy import {dtype} as _F
 from engine.kernels import scalar_exp as _exp
 from engine.kernels import scalar_log as _log
 from engine.kernels import scalar_sigmoid as _sigmoid
+from engine.kernels import scalar_softplus as _softplus
 from engine.kernels import scalar_tanh as _tanh
 
 ONE = _F(1.0)
