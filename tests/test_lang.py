@@ -137,9 +137,7 @@ def test_scalar_output_is_refused_before_model():
     ("s = alpha * sum(h[t-1])\nh = tanh(W @ x + U @ h[t-1]) + s", {"states": {"h": 2}}),
     ("h = x * sigmoid(-1000.0) + x * (2 ** 0.5)", {}),  # sigmoid(-1000.0) is 0.0
     ("\u0127 = tanh(\u03a9 @ x + U @ \u0127[t-1])", {"states": {"\u0127": 2}}),
-    pytest.param("h = tanh(W @ concat(x, h[t-1]))", {"states": {"h": 2}}, marks=pytest.mark.xfail(
-        reason="the loop compiler emits an empty loop for the cotangent of an input's concat "
-               "part (IndentationError in the generated kernel)", strict=False)),
+    ("h = tanh(W @ concat(x, h[t-1]))", {"states": {"h": 2}}),  # data in a concat: no loop
 ])
 def test_what_is_accepted_runs(text, kw):
     runs(make(text, **kw))
