@@ -344,13 +344,7 @@ class _Emit:
             if n.out in self.array and n.out not in grp.stored:
                 body.append(f"S{self.idx[n.out]} = np.empty((B, {n.width}), _F)")
         body.append("for t in range(T):")
-        loop = []
-        for name, k in self.ext.items():
-            if any(a.name == name and not a.delay for n in grp.nodes for a in n.args):
-                loop.append(f"re{k} = E{k}[t]")
-        for name, d in sorted(self.delayed):
-            loop.append(f"{self.local(Arg('node', name, d))} = {self.arr(name)}[t - {d}] "
-                        f"if t >= {d} else I_{self._init_tag(name)}")
+        loop = self.reads()
         for seg in self.segments:
             for n in seg:
                 i = self.idx[n.out]
@@ -382,15 +376,28 @@ class _Emit:
     def _init_tag(self, name) -> str:
         return f"{self.idx[name]}" if name in self.names else f"e{self.ext[name]}"
 
-    def fwd_sig(self) -> list[str]:
-        roles = []
-        for n in self.grp.nodes:
-            if n.out in self.grp.stored:
-                roles.append((f"V{self.idx[n.out]}", ("val", n.out)))
+    def value_roles(self) -> list[tuple]:
+        """(argument name, (role, value name)) of the arrays both loops read."""
+        roles = [(f"V{self.idx[n.out]}", ("val", n.out)) for n in self.grp.nodes
+                 if n.out in self.grp.stored]
         roles += [(f"E{k}", ("ext", name)) for name, k in self.ext.items()]
         roles += [(f"I_{self._init_tag(name)}", ("init", name))
                   for name in sorted({nm for nm, _ in self.delayed})]
-        roles += [(f"P{k}", ("param", name)) for name, k in self.params.items()]
+        return roles + [(f"P{k}", ("param", name)) for name, k in self.params.items()]
+
+    def reads(self) -> list[str]:
+        """The per-step locals of outside values read now, and of delayed values."""
+        out = [f"re{k} = E{k}[t]" for name, k in self.ext.items() if self.read_now(name)]
+        for name, d in sorted(self.delayed):
+            out.append(f"{self.local(Arg('node', name, d))} = {self.arr(name)}[t - {d}] "
+                       f"if t >= {d} else I_{self._init_tag(name)}")
+        return out
+
+    def read_now(self, name) -> bool:
+        return any(a.name == name and not a.delay for n in self.grp.nodes for a in n.args)
+
+    def fwd_sig(self) -> list[str]:
+        roles = self.value_roles()
         self.grp.fwd_args = [r for _, r in roles]
         return [a for a, _ in roles]
 
@@ -426,12 +433,7 @@ class _Emit:
     # -------------------------------------------------------------- backward
     def bwd_sig(self) -> list[str]:
         grp = self.grp
-        roles = [(f"V{self.idx[n.out]}", ("val", n.out)) for n in grp.nodes
-                 if n.out in grp.stored]
-        roles += [(f"E{k}", ("ext", name)) for name, k in self.ext.items()]
-        roles += [(f"I_{self._init_tag(name)}", ("init", name))
-                  for name in sorted({nm for nm, _ in self.delayed})]
-        roles += [(f"P{k}", ("param", name)) for name, k in self.params.items()]
+        roles = self.value_roles()
         roles += [(f"SEED{self.idx[n.out]}", ("seed", n.out)) for n in grp.nodes
                   if n.out in grp.exported]
         roles += [(f"EG{k}", ("adj", name)) for name, k in self.ext.items()
@@ -473,24 +475,18 @@ class _Emit:
                     d for nm, d in self.delayed if nm == name):
                 body.append(f"Je{k} = np.empty((B, {step.widths[name]}), _F)")
         body.append("for t in range(T - 1, -1, -1):")
-        loop = []
-        # values at this step: the stored ones; the rest is recomputed below
-        for name, k in self.ext.items():
-            if any(a.name == name and not a.delay for n in grp.nodes for a in n.args):
-                loop.append(f"re{k} = E{k}[t]")
-                if self._ext_kind(name) == "node":
-                    loop.append(f"ce{k} = EG{k}[t]")
+        loop = self.reads()
+        # where the cotangents of outside values read now and of delayed values go
+        loop += [f"ce{k} = EG{k}[t]" for name, k in self.ext.items()
+                 if self.read_now(name) and self._ext_kind(name) == "node"]
         for name, d in sorted(self.delayed):
             tag = self._init_tag(name)
-            loop.append(f"{self.local(Arg('node', name, d))} = {self.arr(name)}[t - {d}] "
-                        f"if t >= {d} else I_{tag}")
             if name in self.names or self._ext_kind(name) == "node":
                 into = (f"C{tag}[(t - {d}) % {self.ring[name]}]" if name in self.names
                         else f"EG{self.ext[name]}[t - {d}]")
-                junk = f"J{tag}"
                 loop += [f"if t < {d}:", f"    c{tag}_{d} = GI_{tag}",
                          f"elif K > 0 and (t - {d}) // K != t // K:",
-                         f"    c{tag}_{d} = {junk}", "else:", f"    c{tag}_{d} = {into}"]
+                         f"    c{tag}_{d} = J{tag}", "else:", f"    c{tag}_{d} = {into}"]
         # the values backward rules read are all stored (see _plan_storage)
         for n in grp.nodes:
             i = self.idx[n.out]
