@@ -1,6 +1,8 @@
 """The loop compiler: the plan it makes of a cell, and agreement with the reference
 interpreter on cells that exercise every op, broadcast, delay and option."""
 
+import dataclasses
+
 import numba
 import numpy as np
 import pytest
@@ -235,3 +237,27 @@ def test_long_sequences_keep_only_activations(tmp_path):
                          timeout=600)
     assert out.returncode == 0, out.stderr
     assert int(out.stdout) < 600  # MB; the old executor peaked at 700-1000 MB
+
+
+def test_blas_threads_are_one_inside_and_restored_after():
+    from threadpoolctl import threadpool_info
+
+    m = Model(cells.gru(2, 3), seed=0)
+    m.forward(np.ones((2, 4, 2)))  # loads every BLAS the loops use
+    before = [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+    seen = []
+    real = loop.OPS["matvec"]
+
+    def spy(*args, **kw):  # a small hoisted GEMM: one thread
+        seen.append([lib["num_threads"] for lib in threadpool_info()
+                     if lib["user_api"] == "blas"])
+        return real.forward(*args, **kw)
+
+    loop.OPS["matvec"] = dataclasses.replace(real, forward=spy)
+    try:
+        m.forward(np.ones((2, 4, 2)))
+    finally:
+        loop.OPS["matvec"] = real
+    assert seen and all(n == 1 for counts in seen for n in counts)
+    after = [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+    assert after == before

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -664,6 +665,10 @@ class Plan:
 
         ``xs``: each input (and "mask") as (T, B, w); ``init``: the (B, w) initial value
         of each state (and delayed input)."""
+        with _threads.single():
+            return self._forward(xs, params, init)
+
+    def _forward(self, xs, params, init):
         T, B = next(iter(xs.values())).shape[:2]
         vals = dict(xs)
         for grp in self.groups:
@@ -674,7 +679,8 @@ class Plan:
                 if n.out in self.inplace:  # write over an operand nobody reads again
                     y = INPLACE[n.op](*args, out=args[0])
                 else:
-                    y = op.forward(*args, **kw)
+                    with _threads.gemm(_flops(n, T * B, params)):
+                        y = op.forward(*args, **kw)
                 if y.shape != (T * B, n.width):  # a value of parameters alone
                     y = np.ascontiguousarray(np.broadcast_to(y, (T * B, n.width)))
                 vals[n.out] = y.reshape(T, B, n.width)
@@ -682,8 +688,8 @@ class Plan:
             for n in grp.nodes:
                 if n.out in grp.stored:
                     vals[n.out] = np.empty((T, B, n.width), self.dtype)
-            _threads.run(grp.flops * B, grp.forward, T, B,
-                         *self._args(grp.fwd_args, vals, params, init, {}, T, B))
+            with _threads.gemm(grp.flops * B):
+                grp.forward(T, B, *self._args(grp.fwd_args, vals, params, init, {}, T, B))
         return vals
 
     def _operand(self, a: Arg, vals, params, init, T, B):
@@ -711,11 +717,15 @@ class Plan:
         return out
 
     def backward(self, vals: dict, seeds: dict, params: dict, init: dict, truncate=None,
-                 keep_adjoints: bool = False, wrt_init=()):
+                 keep_adjoints: bool = False):
         """Reverse mode over all steps. ``seeds``: (T, B, w) cotangents of node values.
 
         Returns (param grads, initial-value grads, {state: (T,) norms of its adjoint},
         {state: (T, B, w) adjoint} when ``keep_adjoints``)."""
+        with _threads.single():
+            return self._backward(vals, seeds, params, init, truncate, keep_adjoints)
+
+    def _backward(self, vals, seeds, params, init, truncate, keep_adjoints):
         T, B = next(v for v in vals.values() if v.ndim == 3).shape[:2]
         K = truncate or 0
         adj = {k: np.array(v, self.dtype) for k, v in seeds.items()}
@@ -765,12 +775,15 @@ class Plan:
                         np.zeros((T, B, w), self.dtype) if keep_adjoints
                         else np.zeros((1, 1, 1), self.dtype))
             args = self._args(grp.bwd_args, vals, params, init, extra, T, B)
-            _threads.run(2 * grp.flops * B, grp.backward, T, B, K, keep_adjoints, *args)
+            with _threads.gemm(grp.flops * B):
+                grp.backward(T, B, K, keep_adjoints, *args)
             for n in grp.nodes:  # the weights' cotangents of all steps: one GEMM each
                 if n.op == "matvec":
                     W, x = n.args
                     G = extra[("gmv", n.out)]
-                    gparams[W.name] += _weight_grad(G, vals[x.name], init.get(x.name), x.delay)
+                    with _threads.gemm(_flops(n, T * B, params)):
+                        gparams[W.name] += _weight_grad(G, vals[x.name], init.get(x.name),
+                                                        x.delay)
         if not keep_adjoints:
             kept = {}
         return gparams, ginit, norms, kept
@@ -780,8 +793,9 @@ class Plan:
         g2 = g.reshape(T * B, n.width)
         if n.op == "matvec":  # no cotangent for data
             W, x = n.args
-            gparams[W.name] += _weight_grad(g, vals[x.name], init.get(x.name), x.delay)
-            cts = [None, None if x.kind != "node" else g2 @ params[W.name]]
+            with _threads.gemm(_flops(n, T * B, params)):
+                gparams[W.name] += _weight_grad(g, vals[x.name], init.get(x.name), x.delay)
+                cts = [None, None if x.kind != "node" else g2 @ params[W.name]]
         else:
             y = vals[n.out].reshape(T * B, n.width)
             cts = OPS[n.op].vjp(g2, y, *args, **n.kw)
@@ -813,24 +827,26 @@ class Plan:
             adj[a.name][:T - d] += c
 
 
-class _LoopThreads:
-    """BLAS threads for the GEMMs inside the loops (Numba's np.dot calls scipy's BLAS):
-    one thread when they are small (threads only spin on them) or when the machine is
-    already busy (the load average says the cores are taken: threads that wait for each
-    other every step collapse then), all cores otherwise. The hoisted GEMMs (numpy's
-    BLAS) keep all cores. Restored after each call."""
+class _Threads:
+    """BLAS threads while a plan runs. Every GEMM runs on one thread unless it is big
+    (``BIG`` FLOPs in one call) and the machine is not already busy: threads that wait
+    for each other on small GEMMs only spin, and when another process holds a core they
+    collapse (10-40x slower here, as torch's do). That covers the per-step GEMMs inside
+    the loops (Numba's np.dot calls scipy's BLAS) and the hoisted ones (numpy's BLAS).
+    The settings are restored after each call."""
 
-    SMALL = 16e6  # FLOPs per step below which one thread is faster
+    BIG = 16e6
 
     def __init__(self):
         self.libs = None
 
     def _find(self):
+        import scipy.linalg.cython_blas  # noqa: F401 - load the BLAS the loops call first
         from threadpoolctl import ThreadpoolController
 
-        libs = [lib for lib in ThreadpoolController().lib_controllers if lib.user_api == "blas"]
-        own = [lib for lib in libs if "scipy" in lib.filepath.replace("scipy_openblas", "")]
-        self.libs = own or libs
+        self.libs = [lib for lib in ThreadpoolController().lib_controllers
+                     if lib.user_api == "blas"]
+        self.full = [lib.get_num_threads() for lib in self.libs]
 
     @staticmethod
     def crowded() -> bool:
@@ -839,22 +855,36 @@ class _LoopThreads:
         except OSError:  # no load average on this system
             return False
 
-    def run(self, flops: float, fn, *args):
-        if flops >= self.SMALL and not self.crowded():
-            return fn(*args)
+    def _set(self, counts):
+        for lib, n in zip(self.libs, counts):
+            lib.set_num_threads(n)
+
+    @contextmanager
+    def single(self):
+        """One thread for every BLAS call inside."""
         if self.libs is None:
             self._find()
         old = [lib.get_num_threads() for lib in self.libs]
-        for lib in self.libs:
-            lib.set_num_threads(1)
+        self._set([1] * len(self.libs))
         try:
-            return fn(*args)
+            yield
         finally:
-            for lib, n in zip(self.libs, old):
-                lib.set_num_threads(n)
+            self._set(old)
+
+    @contextmanager
+    def gemm(self, flops: float):
+        """Inside ``single``: all cores for one big GEMM on a machine that is not busy."""
+        if flops < self.BIG or self.crowded():
+            yield
+            return
+        self._set(self.full)
+        try:
+            yield
+        finally:
+            self._set([1] * len(self.libs))
 
 
-_threads = _LoopThreads()
+_threads = _Threads()
 
 
 INPLACE = {"add": np.add, "sub": np.subtract, "div": np.divide}
@@ -879,6 +909,11 @@ def _donors(step: Step, groups: list) -> set:
                 and p.out not in step.states and p.out not in step.outputs):
             out.add(n.out)
     return out
+
+
+def _flops(n: Node, rows: int, params) -> float:
+    """FLOPs of a sweep's GEMM over ``rows`` vectors (0 for anything else)."""
+    return 2.0 * rows * np.size(params[n.args[0].name]) if n.op == "matvec" else 0.0
 
 
 def _shift(v, init, d):
