@@ -682,8 +682,9 @@ class Plan:
                     with _threads.gemm(_flops(n, T * B, params)):
                         y = op.forward(*args, **kw)
                 if y.shape != (T * B, n.width):  # a value of parameters alone
-                    y = np.ascontiguousarray(np.broadcast_to(y, (T * B, n.width)))
-                vals[n.out] = y.reshape(T, B, n.width)
+                    y = np.broadcast_to(y, (T * B, n.width))
+                # C order: a loop reading a strided view (a slice's) does not vectorize
+                vals[n.out] = np.ascontiguousarray(y).reshape(T, B, n.width)
                 continue
             for n in grp.nodes:
                 if n.out in grp.stored:
