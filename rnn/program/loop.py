@@ -185,7 +185,7 @@ _NEEDS.update({"matvec": ({1}, False), "softmax": (set(), True), "slice": (set()
                "sum": (set(), False), "mean": (set(), False), "concat": (set(), False)})
 
 
-def _plan_storage(step: Step, groups: list, keep: set) -> None:
+def _plan_storage(step: Step, groups: list) -> None:
     """Which loop values are kept for every step: those read later (delays, other
     groups, the caller) and those a backward rule reads."""
     for grp in groups:
@@ -217,7 +217,7 @@ def _plan_storage(step: Step, groups: list, keep: set) -> None:
                         grp.exported.add(a.name)
                     if a.kind == "node" and a.name in names and a.delay:
                         grp.stored.add(a.name)
-        grp.exported |= names & (keep | set(step.outputs))
+        grp.exported |= names & set(step.outputs)
         grp.stored |= grp.exported | (names & set(step.states))
 
 
@@ -306,7 +306,7 @@ class _Emit:
         """The (B, w) array local holding a value at step t (or t - delay)."""
         if a.name in self.names and not a.delay:
             return f"v{self.idx[a.name]}"
-        tag = f"{self.idx[a.name]}" if a.name in self.names else f"e{self.ext[a.name]}"
+        tag = self.tag(a.name)
         return f"r{tag}" if not a.delay else f"r{tag}_{a.delay}"
 
     def dst(self, a: Arg) -> str | None:
@@ -315,7 +315,7 @@ class _Emit:
             return f"g{self.idx[a.name]}"
         if a.kind != "node":
             return None  # data and literals need none; parameters are handled apart
-        tag = f"{self.idx[a.name]}" if a.name in self.names else f"e{self.ext[a.name]}"
+        tag = self.tag(a.name)
         return f"c{tag}" if not a.delay else f"c{tag}_{a.delay}"
 
     def literal(self, value: float) -> str:
@@ -374,7 +374,9 @@ class _Emit:
                 out.append(f"        v{i}[b, j] = x{i}")
         return out
 
-    def _init_tag(self, name) -> str:
+    def tag(self, name) -> str:
+        """How generated names refer to a value: its index in the loop, or e + its index
+        among the outside values."""
         return f"{self.idx[name]}" if name in self.names else f"e{self.ext[name]}"
 
     def value_roles(self) -> list[tuple]:
@@ -382,7 +384,7 @@ class _Emit:
         roles = [(f"V{self.idx[n.out]}", ("val", n.out)) for n in self.grp.nodes
                  if n.out in self.grp.stored]
         roles += [(f"E{k}", ("ext", name)) for name, k in self.ext.items()]
-        roles += [(f"I_{self._init_tag(name)}", ("init", name))
+        roles += [(f"I_{self.tag(name)}", ("init", name))
                   for name in sorted({nm for nm, _ in self.delayed})]
         return roles + [(f"P{k}", ("param", name)) for name, k in self.params.items()]
 
@@ -391,7 +393,7 @@ class _Emit:
         out = [f"re{k} = E{k}[t]" for name, k in self.ext.items() if self.read_now(name)]
         for name, d in sorted(self.delayed):
             out.append(f"{self.local(Arg('node', name, d))} = {self.arr(name)}[t - {d}] "
-                       f"if t >= {d} else I_{self._init_tag(name)}")
+                       f"if t >= {d} else I_{self.tag(name)}")
         return out
 
     def read_now(self, name) -> bool:
@@ -439,7 +441,7 @@ class _Emit:
                   if n.out in grp.exported]
         roles += [(f"EG{k}", ("adj", name)) for name, k in self.ext.items()
                   if self._ext_kind(name) == "node"]
-        roles += [(f"GI_{self._init_tag(name)}", ("ginit", name))
+        roles += [(f"GI_{self.tag(name)}", ("ginit", name))
                   for name in sorted({nm for nm, _ in self.delayed})
                   if self._ext_kind(name) == "node"]
         roles += [(f"GP{k}", ("gparam", name)) for name, k in self.params.items()]
@@ -481,7 +483,7 @@ class _Emit:
         loop += [f"ce{k} = EG{k}[t]" for name, k in self.ext.items()
                  if self.read_now(name) and self._ext_kind(name) == "node"]
         for name, d in sorted(self.delayed):
-            tag = self._init_tag(name)
+            tag = self.tag(name)
             if name in self.names or self._ext_kind(name) == "node":
                 into = (f"C{tag}[(t - {d}) % {self.ring[name]}]" if name in self.names
                         else f"EG{self.ext[name]}[t - {d}]")
@@ -625,7 +627,7 @@ class Plan:
         self.cell, self.dtype = cell, np.dtype(dtype)
         self.step = step = step_of(cell, masked)
         self.groups = groups_of(step)
-        _plan_storage(step, self.groups, set())
+        _plan_storage(step, self.groups)
         self.inplace = _donors(step, self.groups)
         for grp in self.groups:
             if isinstance(grp, Loop):
@@ -757,10 +759,9 @@ class Plan:
             extra = {}
             for role, name in grp.bwd_args:
                 w = step.widths.get(name)
-                if role == "seed":
-                    extra[(role, name)] = adj.get(name, None)
-                    if extra[(role, name)] is None:
-                        extra[(role, name)] = np.zeros((T, B, w), self.dtype)
+                if role == "seed":  # what later groups and the loss sent back to this node
+                    extra[(role, name)] = adj[name] if name in adj else np.zeros(
+                        (T, B, w), self.dtype)
                 elif role == "adj":
                     extra[(role, name)] = adj_of(name)
                 elif role == "ginit":
