@@ -92,7 +92,7 @@ def _run(model, xs, targets, weights, loss, at, initial_state, k, mask, executor
                                            initial_state, k, mask, executor, keep_adjoints,
                                            carried)
     B = xs.shape[0]
-    grads = {p: adj.get(p, np.zeros_like(v)) for p, v in model.params.items()}
+    grads = {p: adj[p] if p in adj else np.zeros_like(v) for p, v in model.params.items()}
     per_layer = {n: adj.get(f"{n}@init", np.zeros((B, model.full.states[n]), model.dtype))
                  for n in model.full.states}
     given = set(initial_state or {})
@@ -111,11 +111,12 @@ def _run_plan(model, plan, xs, targets, weights, loss, at, initial_state, k, mas
     carried = {n.removesuffix("@init"): v for n, v in (carried or {}).items()}
     feed, init = model.loop_inputs(plan, xs, initial_state, mask, carried)
     params = model.step_params(plan)
-    vals = plan.forward(feed, params, init)
     out = model.full.outputs[0]
-    lval, dY = _loss(model, vals[out], targets, weights, loss, at)
-    gparams, ginit, norms, kept = plan.backward(vals, {out: dY}, params, init, truncate=k,
-                                                keep_adjoints=keep_adjoints)
+    with plan.blas_threads(T, xs.shape[0]):
+        vals = plan.forward(feed, params, init)
+        lval, dY = _loss(model, vals[out], targets, weights, loss, at)
+        gparams, ginit, norms, kept = plan.backward(vals, {out: dY}, params, init,
+                                                    truncate=k, keep_adjoints=keep_adjoints)
     adj = {**gparams, **{f"{n}@init": g for n, g in ginit.items()}}
     states = model.full.states
     norms = {n: norms.get(n, np.zeros(T)) for n in states}

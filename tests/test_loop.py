@@ -239,25 +239,39 @@ def test_long_sequences_keep_only_activations(tmp_path):
     assert int(out.stdout) < 600  # MB; the old executor peaked at 700-1000 MB
 
 
-def test_blas_threads_are_one_inside_and_restored_after():
+def _blas_threads_seen(model, xs):
+    """BLAS thread counts inside the plan's hoisted GEMMs, and before/after the call."""
     from threadpoolctl import threadpool_info
 
-    m = Model(cells.gru(2, 3), seed=0)
-    m.forward(np.ones((2, 4, 2)))  # loads every BLAS the loops use
-    before = [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
-    seen = []
+    def counts():
+        return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+    model.forward(xs)  # loads every BLAS the loops use
+    before, seen = counts(), []
     real = loop.OPS["matvec"]
 
-    def spy(*args, **kw):  # a small hoisted GEMM: one thread
-        seen.append([lib["num_threads"] for lib in threadpool_info()
-                     if lib["user_api"] == "blas"])
+    def spy(*args, **kw):
+        seen.append(counts())
         return real.forward(*args, **kw)
 
     loop.OPS["matvec"] = dataclasses.replace(real, forward=spy)
     try:
-        m.forward(np.ones((2, 4, 2)))
+        model.forward(xs)
     finally:
         loop.OPS["matvec"] = real
+    return before, seen, counts()
+
+
+def test_blas_threads_are_one_inside_and_restored_after():
+    # T B |W_hh| = 8 * 4 * 192 * 64: past the size where BLAS would thread on its own
+    before, seen, after = _blas_threads_seen(Model(cells.gru(2, 64), seed=0),
+                                             np.ones((4, 8, 2)))
     assert seen and all(n == 1 for counts in seen for n in counts)
-    after = [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+    assert after == before
+
+
+def test_blas_threads_left_alone_for_tiny_products():
+    before, seen, after = _blas_threads_seen(Model(cells.gru(2, 3), seed=0),
+                                             np.ones((2, 4, 2)))
+    assert seen and all(counts == before for counts in seen)
     assert after == before

@@ -1,0 +1,141 @@
+"""numpy's own BLAS GEMM, callable from compiled loops.
+
+Numba's ``np.dot`` goes through scipy's BLAS, which may be another (older, slower) build
+than the one numpy links: here scipy's OpenBLAS ran a recurrent step's GEMM at 40
+GFLOP/s where numpy's ran at 65. So the loops call numpy's CBLAS ``gemm`` directly.
+
+``gemm_symbol(dtype)`` looks the routine up in the BLAS libraries threadpoolctl finds
+(numpy's first), checks it on a small product against numpy, and registers its address
+with LLVM under a fixed name (``unroll_sgemm`` / ``unroll_dgemm``). Generated code calls
+it by that name through ``SGEMM`` / ``DGEMM``, so Numba's on-disk cache stays valid:
+the address is resolved when the cached code is loaded, never baked into it. Where no
+routine is found or the check fails, the answer is None and the loops use ``np.dot``.
+
+Integers are passed as 64-bit. An LP64 library reads the low half of each register or
+8-byte stack slot, an ILP64 one the whole: either way the values come through on the
+64-bit Linux and Windows ABIs, the only ones this path is used on.
+"""
+
+import ctypes
+import platform
+import sys
+
+import numba
+import numpy as np
+from numba import types
+
+# CBLAS enums
+ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
+# (prefix, suffix) of the CBLAS names builds export: scipy-openblas (numpy's wheels,
+# ILP64 and LP64), OpenBLAS / MKL ILP64, and plain CBLAS
+_NAMES = (("scipy_cblas_", "64_"), ("cblas_", "64_"), ("cblas_", "_64"), ("scipy_cblas_", ""),
+          ("cblas_", ""))
+
+
+def _signature(f):
+    i = types.int64
+    return types.void(i, i, i, i, i, i, f, i, i, i, i, f, i, i)
+
+
+# below this many multiply-adds (m n k) a GEMM runs faster in small_gemm than through
+# a BLAS call, whose fixed cost is 1-2 us (a batch of one through a tiny LSTM)
+SMALL = 8192
+SGEMM = types.ExternalFunction("unroll_sgemm", _signature(types.float32))
+DGEMM = types.ExternalFunction("unroll_dgemm", _signature(types.float64))
+_found: dict = {}
+
+
+def gemm_symbol(dtype) -> str | None:
+    """"SGEMM" or "DGEMM" once numpy's BLAS routine for ``dtype`` is registered with
+    LLVM; None where it is not to be had (the caller uses np.dot)."""
+    if numba.config.DISABLE_JIT:  # an ExternalFunction runs in compiled code only
+        return None
+    dtype = np.dtype(dtype)
+    if dtype not in _found:
+        _found[dtype] = _register(dtype)
+    return _found[dtype]
+
+
+def _register(dtype):
+    if dtype.char not in "fd" or sys.maxsize < 2**32 or not (
+            sys.platform.startswith("linux") or sys.platform == "win32") or \
+            platform.machine().lower() not in ("x86_64", "amd64", "aarch64", "arm64"):
+        return None
+    t = "s" if dtype.char == "f" else "d"
+    ctype = ctypes.c_float if t == "s" else ctypes.c_double
+    for path in _blas_paths():
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for prefix, suffix in _NAMES:
+            fn = getattr(lib, f"{prefix}{t}gemm{suffix}", None)
+            if fn is None:
+                continue
+            fn.restype = None
+            i, p = ctypes.c_int64, ctypes.c_void_p
+            fn.argtypes = [i, i, i, i, i, i, ctype, p, i, p, i, ctype, p, i]
+            if _works(fn, dtype):
+                import llvmlite.binding as llvm
+
+                llvm.add_symbol(f"unroll_{t}gemm", ctypes.cast(fn, ctypes.c_void_p).value)
+                return f"{t.upper()}GEMM"
+    return None
+
+
+def _blas_paths() -> list[str]:
+    """The BLAS libraries loaded in this process, numpy's first."""
+    try:
+        import scipy.linalg.cython_blas  # noqa: F401 - so that scipy's is listed too
+    except ImportError:
+        pass
+    from threadpoolctl import threadpool_info
+
+    libs = [i["filepath"] for i in threadpool_info() if i.get("user_api") == "blas"]
+    return sorted(libs, key=lambda p: "numpy" not in p)
+
+
+def _works(fn, dtype) -> bool:
+    """The routine computes c = a @ b.T and c += a @ b as numpy does, on odd shapes."""
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((3, 5)).astype(dtype), rng.standard_normal((4, 5)).astype(dtype)
+    c = np.full((3, 4), np.nan, dtype)
+    fn(ROW_MAJOR, NO_TRANS, TRANS, 3, 4, 5, 1.0, a.ctypes.data, 5, b.ctypes.data, 5, 0.0,
+       c.ctypes.data, 4)
+    d, e = rng.standard_normal((3, 4)).astype(dtype), rng.standard_normal((3, 5)).astype(dtype)
+    f = np.ascontiguousarray(b.T)  # (5, 4)
+    want = d + e @ f
+    fn(ROW_MAJOR, NO_TRANS, NO_TRANS, 3, 4, 5, 1.0, e.ctypes.data, 5, f.ctypes.data, 4, 1.0,
+       d.ctypes.data, 4)
+    tol = 1e-4 if dtype == np.float32 else 1e-12
+    return bool(np.allclose(c, a @ b.T, atol=tol) and np.allclose(d, want, atol=tol))
+
+
+@numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+def small_gemm(a, b, c, trans_b, beta):
+    """c = a @ (b.T if trans_b else b) + beta * c, for the tiny products where a BLAS
+    call costs more than the arithmetic; beta is 0 or 1. Sums may be reassociated (so
+    that they vectorize), as a BLAS's are."""
+    m, k = a.shape
+    n = c.shape[1]
+    zero = c.dtype.type(0)
+    if trans_b:  # rows of a and b are contiguous: dot products
+        for i in range(m):
+            for j in range(n):
+                s = zero
+                for q in range(k):
+                    s += a[i, q] * b[j, q]
+                c[i, j] = s if beta == 0 else s + c[i, j]
+        return
+    for i in range(m):  # c[i] += a[i, q] * b[q], four rows of b at a time
+        if beta == 0:
+            c[i, :] = zero
+        q = 0
+        while q + 4 <= k:
+            v0, v1, v2, v3 = a[i, q], a[i, q + 1], a[i, q + 2], a[i, q + 3]
+            for j in range(n):
+                c[i, j] += (v0 * b[q, j] + v1 * b[q + 1, j]) + (v2 * b[q + 2, j] + v3 * b[q + 3, j])
+            q += 4
+        for r in range(q, k):
+            for j in range(n):
+                c[i, j] += a[i, r] * b[r, j]
