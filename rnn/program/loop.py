@@ -25,6 +25,7 @@ import hashlib
 import math
 import os
 import re
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -874,9 +875,9 @@ class Plan:
 
 class _Threads:
     """BLAS threads while a plan runs. Every GEMM runs on one thread unless it is big
-    (``BIG`` FLOPs in one call) and the machine is not already busy: threads that wait
-    for each other on small GEMMs only spin, and when another process holds a core they
-    collapse (10-40x slower here, as torch's do). That covers the per-step GEMMs inside
+    (``BIG`` FLOPs in one call): then it gets the cores no other process is running on.
+    Threads that wait for each other on small GEMMs only spin, and when another process
+    holds one of their cores they collapse (10-40x slower here, as torch's do). That covers the per-step GEMMs inside
     the loops and the hoisted ones (numpy's BLAS, and scipy's where a loop falls back to
     np.dot). The settings are restored after each call.
 
@@ -886,10 +887,12 @@ class _Threads:
 
     BIG = 16e6
     SERIAL = 65536 * 4
+    FRESH = 0.05  # seconds a reading of the free cores is used for
 
     def __init__(self):
         self.libs = None
         self.depth = 0  # nested ``single`` calls: only the outermost sets and restores
+        self.seen = (-math.inf, 1)  # (when, free cores)
         self.old = []
 
     def _find(self):
@@ -901,11 +904,25 @@ class _Threads:
         self.full = [lib.get_num_threads() for lib in self.libs]
 
     @staticmethod
-    def crowded() -> bool:
+    def free_cores() -> int:
+        """Cores no other process is running on now. On Linux: the runnable count of
+        /proc/loadavg less our own running threads (OpenBLAS's spin after a call);
+        elsewhere from the load average. (Linux's load average counts more than runnable
+        processes: here it sat at 1.0 on an idle machine.)"""
+        n = os.cpu_count() or 1
         try:
-            return os.getloadavg()[0] > (os.cpu_count() or 1) - 0.5
+            with open("/proc/loadavg") as f:
+                running = int(f.read().split()[3].split("/")[0])
+            for tid in os.listdir("/proc/self/task"):
+                with open(f"/proc/self/task/{tid}/stat") as f:
+                    running -= f.read().rsplit(")", 1)[1].split()[0] == "R"
+            return max(n - running, 1)
+        except (OSError, ValueError, IndexError):
+            pass
+        try:
+            return max(n - round(os.getloadavg()[0]), 1)
         except OSError:  # no load average on this system
-            return False
+            return n
 
     def _set(self, counts):
         for lib, n in zip(self.libs, counts):
@@ -916,10 +933,14 @@ class _Threads:
         return _Single(self) if mnk >= self.SERIAL else _NOTHING
 
     def gemm(self, flops: float):
-        """Inside ``single``: all cores for one big GEMM on a machine that is not busy."""
-        if flops < self.BIG or self.depth == 0 or self.crowded():
+        """Inside ``single``: the free cores for one big GEMM."""
+        if flops < self.BIG or self.depth == 0:
             return _NOTHING
-        return _Full(self)
+        now = time.monotonic()
+        if now - self.seen[0] > self.FRESH:  # a reading costs ~0.1 ms: reuse it a while
+            self.seen = (now, self.free_cores())
+        free = self.seen[1]
+        return _NOTHING if free < 2 else _Full(self, free)
 
 
 class _Single:
@@ -943,8 +964,12 @@ class _Single:
 
 
 class _Full(_Single):
+    def __init__(self, th, cores):
+        super().__init__(th)
+        self.cores = cores
+
     def __enter__(self):
-        self.th._set(self.th.full)
+        self.th._set([min(n, self.cores) for n in self.th.full])
 
     def __exit__(self, *exc):
         self.th._set([1] * len(self.th.libs))
