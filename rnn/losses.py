@@ -11,7 +11,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from engine.errors import DTypeError
+from engine.errors import DTypeError, all_finite
 from engine.ir import Builder, Program
 
 from .program.unroll import Unrolled
@@ -96,7 +96,7 @@ def check_targets(loss: str, at: str, targets, B: int, T: int, O: int, dtype) ->
         if targets.dtype != dtype:
             raise DTypeError(f"targets are {targets.dtype} but the model is {dtype}; pass "
                             f"targets.astype(np.{dtype})")
-        if not np.all(np.isfinite(targets)):
+        if not all_finite(targets):
             raise ValueError("targets hold NaN or inf values")
         return targets
     if targets.shape != lead:

@@ -11,7 +11,7 @@ import warnings
 
 import numpy as np
 
-from engine.errors import DTypeError, ShapeError
+from engine.errors import DTypeError, ShapeError, all_finite
 from engine.ir import Program
 
 from .lang.cell import Cell
@@ -87,6 +87,7 @@ class Model:
         self.full = stack_cells(cell, layers, head)
         self.input_size = next(iter(cell.inputs.values()))
         self.output_size = self.full.shapes[self.full.outputs[0]][0]
+        self._layer_names: dict[str, tuple[str, ...]] = {}
         self.params = self.init_params(seed)
         self._programs: dict[tuple, tuple[Program, Unrolled]] = {}
         self._plans: dict[bool, Plan | None] = {}
@@ -113,8 +114,13 @@ class Model:
         return out
 
     # ------------------------------------------------------------ state names
-    def layer_names(self, state: str) -> list[str]:
-        return [_suffix(state, k) for k in range(self.layers)]
+    def layer_names(self, state: str) -> tuple[str, ...]:
+        """The per-layer names of a state of the cell: h -> (h_l0, h_l1, ...)."""
+        names = self._layer_names.get(state)
+        if names is None:
+            names = self._layer_names[state] = tuple(_suffix(state, k)
+                                                     for k in range(self.layers))
+        return names
 
     def split_layers(self, per_layer: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """{h_l0: a, h_l1: b} -> {h: a} for one layer, {h: stack([a, b])} for more."""
@@ -139,7 +145,7 @@ class Model:
                              f"{self.input_size}: expected (B, T, {self.input_size}), got "
                              f"{xs.shape}")
         self.check_dtype("xs", xs)
-        if not np.all(np.isfinite(xs)):
+        if not all_finite(xs):
             raise ValueError("xs holds NaN or inf values")
         return xs
 
@@ -170,7 +176,7 @@ class Model:
             if arr.shape != want:
                 raise ShapeError(f"initial_state['{s}'] must be {want}, got {arr.shape}")
             self.check_dtype(f"initial_state['{s}']", arr)
-            if not np.all(np.isfinite(arr)):
+            if not all_finite(arr):
                 raise ValueError(f"initial_state['{s}'] holds NaN or inf values")
             for k, name in enumerate(self.layer_names(s)):
                 env[name] = arr if self.layers == 1 else arr[k]

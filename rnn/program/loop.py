@@ -1021,9 +1021,9 @@ def _weight_grad(G, X, init, d):
     n = X.shape[-1]
     if not d:
         return G.reshape(T * B, m).T @ X.reshape(T * B, n)
-    out = G[:d].sum(axis=0).T @ np.broadcast_to(init, (B, n))
+    out = (G[0] if d == 1 else G[:d].sum(axis=0)).T @ init  # init: (B, n)
     if d < T:
-        out = out + G[d:].reshape(-1, m).T @ X[:T - d].reshape(-1, n)
+        out += G[d:].reshape(-1, m).T @ X[:T - d].reshape(-1, n)
     return out
 
 

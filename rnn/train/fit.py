@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from engine.errors import all_finite
+
 from ..bptt import bptt
 from ..model import Model
 from .optim import Adam, NonFiniteError
@@ -45,7 +47,7 @@ def global_norm(grads: dict[str, np.ndarray]) -> float:
 
 
 def _non_finite(grads: dict[str, np.ndarray]) -> list[str]:
-    return [k for k, g in grads.items() if not np.all(np.isfinite(g))]
+    return [k for k, g in grads.items() if not all_finite(g)]
 
 
 def clip_grad_norm(grads: dict[str, np.ndarray], max_norm: float | None) -> float:

@@ -14,7 +14,7 @@ import numbers
 
 import numpy as np
 
-from engine.errors import UnrollError
+from engine.errors import UnrollError, all_finite
 
 
 class NonFiniteError(UnrollError, FloatingPointError):
@@ -54,17 +54,8 @@ class Optimizer:
             new, state = self._update(params, grads)
         # a NaN or inf gradient always shows up in the new parameters or the new state
         arrays = [*new.values(), *(a for _, a in self._state_arrays(state))]
-        if not all(np.all(np.isfinite(a)) for a in arrays):
-            self._diagnose_grads(grads)
-        for k, v in new.items():
-            if not np.all(np.isfinite(v)):
-                raise NonFiniteError(f"{type(self).__name__} step would make '{k}' non-finite "
-                                     f"({self._settings()}); nothing was updated")
-        for k, arr in self._state_arrays(state):
-            if not np.all(np.isfinite(arr)):
-                raise NonFiniteError(f"{type(self).__name__} step would make its state for "
-                                     f"'{k}' non-finite ({self._settings()}); nothing was "
-                                     f"updated")
+        if not all(all_finite(a) for a in arrays):
+            self._diagnose(grads, new, state)
         for k, v in new.items():
             np.copyto(params[k], v, casting="same_kind")
         self._commit(state)
@@ -72,11 +63,21 @@ class Optimizer:
     def _state_arrays(self, state):
         return ()
 
-    @staticmethod
-    def _diagnose_grads(grads) -> None:
+    def _diagnose(self, grads, new, state) -> None:
+        """Raise for the first non-finite array: a gradient, else a new parameter, else
+        the new state."""
         for k, g in grads.items():
-            if not np.all(np.isfinite(g)):
+            if not all_finite(g):
                 raise NonFiniteError(f"the gradient of '{k}' is not finite; nothing was "
+                                     f"updated")
+        for k, v in new.items():
+            if not all_finite(v):
+                raise NonFiniteError(f"{type(self).__name__} step would make '{k}' non-finite "
+                                     f"({self._settings()}); nothing was updated")
+        for k, arr in self._state_arrays(state):
+            if not all_finite(arr):
+                raise NonFiniteError(f"{type(self).__name__} step would make its state for "
+                                     f"'{k}' non-finite ({self._settings()}); nothing was "
                                      f"updated")
 
     def _settings(self) -> str:
