@@ -10,6 +10,7 @@ True
 from .bptt import BPTTResult, bptt
 from .data import tasks
 from .io import interop
+from .io.files import ModelFileError
 from .lang import library as cells
 from .lang.builder import CellBuilder
 from .lang.cell import Cell
@@ -19,5 +20,5 @@ from .seq2seq import Seq2Seq
 from .train import optim
 from .train.fit import History, fit
 
-__all__ = ["BPTTResult", "Cell", "CellBuilder", "History", "Model", "Seq2Seq", "Unrolled",
+__all__ = ["BPTTResult", "Cell", "CellBuilder", "History", "Model", "ModelFileError", "Seq2Seq", "Unrolled",
            "bptt", "cells", "fit", "interop", "optim", "tasks", "unroll"]

@@ -8,6 +8,7 @@ graph, unrolled by the same compiler.
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 
@@ -112,6 +113,52 @@ class Model:
             for name in self.layer_names(s):
                 out[f"init_{name}"] = np.zeros(self.cell.states[s], self.dtype)
         return out
+
+    # ------------------------------------------------------------ weights in and out
+    def load_params(self, mapping, strict: bool = True) -> None:
+        """Set parameters from ``mapping`` {name: array}. Each array must have the
+        parameter's shape and the model's dtype (no silent cast) and be finite; with
+        ``strict``, the names must be exactly the model's. Nothing is set unless all of
+        it is right: an error names the parameter."""
+        if not hasattr(mapping, "items"):
+            raise TypeError(f"load_params takes a mapping of names to arrays, got "
+                            f"{type(mapping).__name__}")
+        mapping = dict(mapping)
+        unknown = sorted(set(mapping) - set(self.params))
+        missing = sorted(set(self.params) - set(mapping))
+        if unknown:
+            raise ValueError(f"no parameter named {unknown[0]!r} in this model (it has "
+                             f"{sorted(self.params)})")
+        if strict and missing:
+            raise ValueError(f"parameter {missing[0]!r} is missing (strict=True needs all of "
+                             f"{sorted(self.params)})")
+        new = {}
+        for k, v in mapping.items():
+            a = np.asarray(v)
+            want = self.params[k].shape
+            if a.shape != want:
+                raise ShapeError(f"parameter '{k}' must be {want}, got {a.shape}")
+            self.check_dtype(f"parameter '{k}'", a)
+            if not all_finite(a):
+                raise ValueError(f"parameter '{k}' holds NaN or inf values")
+            new[k] = a
+        for k, a in new.items():
+            np.copyto(self.params[k], a)
+
+    def save(self, path) -> Path:
+        """Write the model (the cell's equations and the weights) to a safetensors file,
+        atomically; ``rnn.Model.load(path)`` reads it back (rnn/io/files.py)."""
+        from .io import files
+
+        return files.save(self, path)
+
+    @classmethod
+    def load(cls, path) -> Model:
+        """The model saved at ``path`` by ``save``. A file that is not one (truncated,
+        corrupt, hostile) is a ModelFileError naming the cause; nothing in it runs."""
+        from .io import files
+
+        return files.load(path)
 
     # ------------------------------------------------------------ state names
     def layer_names(self, state: str) -> tuple[str, ...]:

@@ -1,1 +1,1 @@
-"""Weights in and out: PyTorch and Keras interop."""
+"""Weights in and out: model files (files.py), PyTorch and Keras interop."""

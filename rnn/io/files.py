@@ -1,0 +1,179 @@
+"""Model files: a model's weights and its cell's equations in one safetensors file.
+
+safetensors is the format PyTorch and Hugging Face users already trust for weights
+from strangers: a JSON header of names, dtypes, shapes and byte ranges, then the raw
+bytes; no pickle, nothing that runs. ``safe_open`` in ``safe_open(path, "np")`` mode
+reads it; any tool that reads safetensors reads our weights (their names are
+PyTorch's for the built-ins). What rebuilds the model travels in the header's string
+metadata:
+
+    format   "unroll.model"          version  "1"
+    cell     the equations, re-parsed by the equation parser (nothing is evaluated)
+    spec     JSON: inputs, states, outputs and sizes of the cell; layers, head, dtype,
+             learn_initial of the model
+    sha256   of the tensors' names, dtypes, shapes and bytes (safetensors has no
+             checksum: a flipped bit in the weights is caught here)
+
+Saving is atomic: a temporary file in the same folder, fsync, ``os.replace``, fsync
+of the folder; a crash leaves the old file or the new one, never half of one.
+
+Loading trusts nothing: the size of the header is checked against the file and a cap
+before anything is parsed, and the header must be JSON without a name twice;
+safetensors checks that every tensor's byte range lies in
+the file and matches its shape and dtype (so no allocation exceeds the file); then the
+names, shapes and dtypes must be exactly those of the model the metadata describes.
+Every failure is a ``ModelFileError`` (a ValueError) that names the file and the cause.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from engine.errors import UnrollError, all_finite
+
+from ..lang.cell import Cell
+from ..model import Model
+
+FORMAT, VERSION = "unroll.model", "1"
+MAX_HEADER = 16 << 20  # bytes of JSON header: far above any model's (a few KB)
+DTYPES = {"float32": "F32", "float64": "F64"}
+
+
+class ModelFileError(UnrollError, ValueError):
+    """A model file that cannot be read back: what is wrong, and with which file."""
+
+
+def save(model, path) -> Path:
+    """Write ``model`` to ``path`` (atomically); returns the path."""
+    from safetensors.numpy import save as to_bytes
+
+    path = Path(path)
+    cell = model.cell
+    if not cell.text.strip():
+        raise ValueError("this model's cell has no equations text to save; build it with "
+                         "Cell.from_equations")
+    spec = {"inputs": cell.inputs, "states": cell.states, "outputs": list(cell.outputs),
+            "sizes": {k: v for k, v in cell.declared.items() if k not in cell.states},
+            "layers": model.layers, "head": model.head, "dtype": model.dtype,
+            "learn_initial": list(model.learn_initial)}
+    tensors = {k: np.ascontiguousarray(v) for k, v in model.params.items()}
+    for k, v in tensors.items():
+        if not all_finite(v):
+            raise ValueError(f"parameter '{k}' holds NaN or inf; not saved")
+    meta = {"format": FORMAT, "version": VERSION, "cell": cell.text, "spec": json.dumps(spec),
+            "sha256": _digest(tensors)}
+    write_atomic(path, to_bytes(tensors, metadata=meta))
+    return path
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """``path`` holds ``data`` or what it held before, whatever happens meanwhile."""
+    folder = path.parent if str(path.parent) else Path(".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:  # the rename itself survives a crash once the folder is synced
+        dfd = os.open(folder, os.O_RDONLY)
+    except OSError:  # a system that cannot open folders (Windows): nothing to sync
+        return
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def load(path):
+    """The model saved at ``path``."""
+    path = Path(path)
+    meta, tensors = _read(path)
+    try:
+        spec = json.loads(meta["spec"])
+        cell = Cell.from_equations(meta["cell"], inputs=spec["inputs"], states=spec["states"],
+                                   outputs=spec["outputs"], sizes=spec["sizes"])
+        model = Model(cell, layers=spec["layers"], head=spec["head"], dtype=spec["dtype"],
+                      learn_initial=spec["learn_initial"])
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise ModelFileError(f"{path}: its model description does not build a model: "
+                             f"{type(e).__name__}: {e}") from None
+    if meta.get("sha256") != _digest(tensors):
+        raise ModelFileError(f"{path} is damaged: its weights do not match the checksum "
+                             f"written with them")
+    try:
+        model.load_params(tensors)
+    except ValueError as e:
+        raise ModelFileError(f"{path}: {e}") from None
+    return model
+
+
+def _read(path: Path):
+    """(metadata, {name: array}) of a safetensors file, checked before it is parsed."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError as e:
+        raise ModelFileError(f"cannot read model file {path}: {e.strerror or e}") from None
+    if len(head) < 8:
+        raise ModelFileError(f"{path} is not a model file: {size} bytes, shorter than a "
+                             f"safetensors header")
+    (n,) = struct.unpack("<Q", head)
+    if n > min(MAX_HEADER, size - 8):
+        raise ModelFileError(f"{path} is not a model file (or is truncated): its header "
+                             f"claims {n} bytes, the file has {size - 8} after the length "
+                             f"and the cap is {MAX_HEADER}")
+    try:
+        with open(path, "rb") as f:
+            f.seek(8)
+            json.loads(f.read(n), object_pairs_hook=_no_duplicates)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ModelFileError(f"{path} is not a model file: its header is not JSON without "
+                             f"duplicate names ({e})") from None
+    try:
+        with safe_open(str(path), framework="np") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != FORMAT:
+                raise ModelFileError(f"{path} is a safetensors file but not an unroll model "
+                                     f"(metadata format={meta.get('format')!r})")
+            if meta.get("version") != VERSION:
+                raise ModelFileError(f"{path} is an unroll model file of version "
+                                     f"{meta.get('version')!r}; this unroll reads version "
+                                     f"{VERSION}")
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except SafetensorError as e:
+        raise ModelFileError(f"{path} is not a valid model file: {e}") from None
+    return meta, tensors
+
+
+def _no_duplicates(pairs):
+    keys = [k for k, _ in pairs]
+    dup = {k for k in keys if keys.count(k) > 1}
+    if dup:
+        raise ValueError(f"the name {sorted(dup)[0]!r} appears twice")
+    return dict(pairs)
+
+
+def _digest(tensors: dict) -> str:
+    """sha256 over the names, dtypes, shapes and bytes of every tensor, in name order:
+    safetensors has no checksum, and a flipped bit in the weights must not load."""
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        a = np.ascontiguousarray(tensors[k])
+        h.update(f"{k}:{a.dtype.str}:{a.shape};".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
