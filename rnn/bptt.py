@@ -114,6 +114,7 @@ def _run_plan(model, plan, xs, targets, weights, loss, at, initial_state, k, mas
     out = model.full.outputs[0]
     with plan.blas_threads(T, xs.shape[0]):
         vals = plan.forward(feed, params, init)
+        plan.release(vals)  # what the backward does not read: memory for the adjoints
         lval, dY = _loss(model, vals[out], targets, weights, loss, at)
         gparams, ginit, norms, kept = plan.backward(vals, {out: dY}, params, init,
                                                     truncate=k, keep_adjoints=keep_adjoints)

@@ -295,6 +295,10 @@ class _Emit:
                     self.ext.setdefault(a.name, len(self.ext))
                 if a.kind in ("node", "input") and a.delay:
                     self.delayed.add((a.name, a.delay))
+        # outside values a backward rule reads (the rest the backward never sees)
+        self.bwd_ext = {n.args[i].name for n in grp.nodes for i in _NEEDS[n.op][0]
+                        if n.args[i].kind in ("node", "input")
+                        and n.args[i].name not in self.names}
         self.lits: dict[float, str] = {}  # number literal -> its module constant
         self.ring = {}  # in-group value read with delays -> ring length (max delay + 1)
         for name, d in self.delayed:
@@ -414,19 +418,25 @@ class _Emit:
         among the outside values."""
         return f"{self.idx[name]}" if name in self.names else f"e{self.ext[name]}"
 
-    def value_roles(self) -> list[tuple]:
-        """(argument name, (role, value name)) of the arrays both loops read."""
+    def value_roles(self, backward: bool = False) -> list[tuple]:
+        """(argument name, (role, value name)) of the arrays a loop reads: the backward
+        reads only the outside values a backward rule needs (so the caller may free the
+        others, as an LSTM's input projection, before the backward pass)."""
         roles = [(f"V{self.idx[n.out]}", ("val", n.out)) for n in self.grp.nodes
                  if n.out in self.grp.stored]
-        roles += [(f"E{k}", ("ext", name)) for name, k in self.ext.items()]
+        roles += [(f"E{k}", ("ext", name)) for name, k in self.ext.items()
+                  if not backward or name in self.bwd_ext]
         roles += [(f"I_{self.tag(name)}", ("init", name))
                   for name in sorted({nm for nm, _ in self.delayed})]
         return roles + [(f"P{k}", ("param", name)) for name, k in self.params.items()]
 
-    def reads(self) -> list[str]:
+    def reads(self, backward: bool = False) -> list[str]:
         """The per-step locals of outside values read now, and of delayed values."""
-        out = [f"re{k} = E{k}[t]" for name, k in self.ext.items() if self.read_now(name)]
+        out = [f"re{k} = E{k}[t]" for name, k in self.ext.items() if self.read_now(name)
+               and (not backward or name in self.bwd_ext)]
         for name, d in sorted(self.delayed):
+            if backward and name in self.ext and name not in self.bwd_ext:
+                continue
             out.append(f"{self.local(Arg('node', name, d))} = {self.arr(name)}[t - {d}] "
                        f"if t >= {d} else I_{self.tag(name)}")
         return out
@@ -471,7 +481,7 @@ class _Emit:
     # -------------------------------------------------------------- backward
     def bwd_sig(self) -> list[str]:
         grp = self.grp
-        roles = self.value_roles()
+        roles = self.value_roles(backward=True)
         roles += [(f"SEED{self.idx[n.out]}", ("seed", n.out)) for n in grp.nodes
                   if n.out in grp.exported]
         roles += [(f"EG{k}", ("adj", name)) for name, k in self.ext.items()
@@ -512,7 +522,7 @@ class _Emit:
                     d for nm, d in self.delayed if nm == name):
                 body.append(f"Je{k} = np.empty((B, {step.widths[name]}), _F)")
         body.append("for t in range(T - 1, -1, -1):")
-        loop = ["kt = t if KEEP_ADJ else 0"] + self.reads()  # KEEP is (1, B, w) if not
+        loop = ["kt = t if KEEP_ADJ else 0"] + self.reads(backward=True)  # KEEP: (1, B, w)
         # where the cotangents of outside values read now and of delayed values go
         loop += [f"ce{k} = EG{k}[t]" for name, k in self.ext.items()
                  if self.read_now(name) and self._ext_kind(name) == "node"]
@@ -664,9 +674,11 @@ class Plan:
         self.inplace = _donors(step, self.groups)
         self.max_weight = max((int(np.prod(step.params[n.args[0].name])) for n in step.nodes
                                if n.op == "matvec"), default=0)
+        self.needed = _needed(step, self.groups)
         for grp in self.groups:
             if isinstance(grp, Loop):
                 em = _Emit(step, grp)
+                self.needed |= em.bwd_ext
                 symbol = blas.gemm_symbol(self.dtype)
                 head = PRELUDE.format(dtype=self.dtype.name, kernels_hash=_KERNELS_HASH) + (
                     GEMM_BLAS.format(symbol=symbol) if symbol else GEMM_NUMPY)
@@ -767,6 +779,14 @@ class Plan:
         with self.blas_threads(T, B):
             return self._backward(vals, seeds, params, init, truncate, keep_adjoints)
 
+    def release(self, vals: dict) -> None:
+        """Free, in place, the values of ``vals`` the backward pass does not read (an
+        LSTM's input projection over all T, ...): each becomes a read-only view of one
+        zero with its shape, which is all a backward rule asks of it."""
+        for k, v in vals.items():
+            if k not in self.needed and v.size:
+                vals[k] = np.broadcast_to(np.zeros((), v.dtype), v.shape)
+
     def blas_threads(self, T: int, B: int):
         """BLAS on one thread while this plan runs over (T, B), bar big GEMMs (_Threads);
         nested uses set it once."""
@@ -775,7 +795,9 @@ class Plan:
     def _backward(self, vals, seeds, params, init, truncate, keep_adjoints):
         T, B = next(v for v in vals.values() if v.ndim == 3).shape[:2]
         K = truncate or 0
-        adj = {k: np.array(v, self.dtype) for k, v in seeds.items()}
+        # the seeds are read where they are, copied only before something adds into one
+        adj = {k: np.asarray(v, self.dtype) for k, v in seeds.items()}
+        self._borrowed = {id(_base(v)) for v in adj.values()}
         gparams = {p: np.zeros(np.shape(v), self.dtype) for p, v in params.items()}
         ginit = {s: np.zeros((B, self.step.widths[s]), self.dtype) for s in self.step.states
                  if s not in self.step.inputs}
@@ -785,7 +807,7 @@ class Plan:
         def adj_of(name):
             if name not in adj:
                 adj[name] = np.zeros((T, B, step.widths[name]), self.dtype)
-            return adj[name]
+            return self._own(adj, name)
 
         for grp in reversed(self.groups):
             if isinstance(grp, Sweep):
@@ -834,6 +856,13 @@ class Plan:
             kept = {}
         return gparams, ginit, norms, kept
 
+    def _own(self, adj, name):
+        """adj[name], copied first if it is (a view of) a seed the caller gave."""
+        a = adj[name]
+        if id(_base(a)) in self._borrowed or not a.flags.writeable:
+            a = adj[name] = np.array(a)
+        return a
+
     def _sweep_backward(self, n, g, vals, params, init, gparams, ginit, adj, K, T, B):
         args = [self._operand(a, vals, params, init, T, B) for a in n.args]
         g2 = g.reshape(T * B, n.width)
@@ -862,7 +891,7 @@ class Plan:
             if d and K and a.name in self.step.blend:  # truncation: cut reads across a boundary
                 t = np.arange(d, T)
                 c = c * ((t - d) // K == t // K)[:, None, None]
-            base = c if c.base is None else c.base
+            base = _base(c)
             if (not d and a.name not in adj and id(base) not in handed and c.flags.writeable
                     and c.flags.c_contiguous and c.dtype == self.dtype):
                 adj[a.name] = c  # n's adjoint is used up: pass it on without a copy
@@ -870,7 +899,7 @@ class Plan:
                 continue
             if a.name not in adj:
                 adj[a.name] = np.zeros((T, B, self.step.widths[a.name]), self.dtype)
-            adj[a.name][:T - d] += c
+            self._own(adj, a.name)[:T - d] += c
 
 
 class _Threads:
@@ -982,6 +1011,27 @@ _threads = _Threads()
 INPLACE = {"add": np.add, "sub": np.subtract, "div": np.divide}
 
 
+def _needed(step: Step, groups: list) -> set:
+    """The values the backward pass reads, the loops' outside ones apart (_Emit.bwd_ext):
+    what a loop stores, what a sweep's backward rule reads (every operand of an op with
+    no entry in _NEEDS), each GEMM's vector (for the weight's cotangent), the outputs
+    and the states (their last values are the final state)."""
+    out = set(step.outputs) | set(step.states)
+    for grp in groups:
+        nodes = [grp.node] if isinstance(grp, Sweep) else grp.nodes
+        if isinstance(grp, Loop):
+            out |= grp.stored
+        for n in nodes:
+            idx, y = _NEEDS.get(n.op, (range(len(n.args)), True))
+            if isinstance(grp, Sweep) and y:
+                out.add(n.out)
+            reads = set(idx) | ({1} if n.op == "matvec" else set())
+            if isinstance(grp, Loop) and n.op != "matvec":
+                continue  # inside a loop: stored (above) or outside (bwd_ext)
+            out |= {n.args[i].name for i in reads if n.args[i].kind in ("node", "input")}
+    return out
+
+
 def _donors(step: Step, groups: list) -> set:
     """Sweeps that may compute into their first operand's array: it is another sweep's
     value, read by this node alone, and no backward rule reads either value (as
@@ -1006,6 +1056,13 @@ def _donors(step: Step, groups: list) -> set:
 def _flops(n: Node, rows: int, params) -> float:
     """FLOPs of a sweep's GEMM over ``rows`` vectors (0 for anything else)."""
     return 2.0 * rows * np.size(params[n.args[0].name]) if n.op == "matvec" else 0.0
+
+
+def _base(a):
+    """The array that owns ``a``'s memory."""
+    while a.base is not None and isinstance(a.base, np.ndarray):
+        a = a.base
+    return a
 
 
 def _shift(v, init, d):
