@@ -152,7 +152,7 @@ def test_load_rejects_hostile_headers(tmp_path):
     dup = b'{"w": {"dtype": "F64", "shape": [1], "data_offsets": [0, 8]}, ' \
           b'"w": {"dtype": "F64", "shape": [1], "data_offsets": [0, 8]}}'
     _bad(tmp_path, struct.pack("<Q", len(dup)) + dup + b"\0" * 8, "twice")
-    _bad(tmp_path, file({"__metadata__": {"format": "other"}}), "not an unroll model")
+    _bad(tmp_path, file({"__metadata__": {"format": "other"}}), "not an unroll.model")
     _bad(tmp_path, file({"__metadata__": {**meta, "version": "9"}}), "version")
 
 

@@ -128,3 +128,19 @@ def test_trace_can_print_the_program_after_each_pass(capsys):
     out = capsys.readouterr().out
     assert "# unrolled" in out and "# after cut_state_edges(k=2)" in out
     assert "h_l0@1|cut:f64[B,2] = stop_gradient h_l0@1" in out
+
+
+def test_train_saves_the_model_and_resumes_from_a_checkpoint(tmp_path, capsys):
+    ckpt, model = tmp_path / "run.ckpt", tmp_path / "m.unroll"
+    base = ["train", "adding", "--cell", "gru", "--samples", "64", "--steps", "8"]
+    assert main(base + ["--epochs", "1", "--checkpoint", str(ckpt), "--save", str(model)]) == 0
+    assert rnn.Model.load(model).cell.states == {"h": 16}
+    assert main(base + ["--epochs", "2", "--checkpoint", str(ckpt), "--resume"]) == 0
+    resumed = capsys.readouterr().out.splitlines()[-1]
+    assert main(base + ["--epochs", "2"]) == 0  # the same two epochs in one go
+    assert capsys.readouterr().out.splitlines()[-1].split(";")[0] == resumed.split(";")[0]
+    assert main(base + ["--resume"]) == 2
+    assert "--checkpoint" in capsys.readouterr().err
+    assert main(base + ["--epochs", "1", "--save", str(tmp_path / "no" / "m.unroll")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write" in err and "Traceback" not in err

@@ -180,10 +180,15 @@ def cmd_train(args):
     obj = load_cell(args.cell, args.input_size, args.hidden_size)
     model = obj if isinstance(obj, rnn.Model) else rnn.Model(obj, layers=args.layers,
                                                              head=out_size, seed=args.seed)
+    if args.resume and not args.checkpoint:
+        raise UserError("--resume goes on from a --checkpoint FILE: give one")
     print(f"training {model} on {task} (T={xs.shape[1]}, {len(xs)} sequences)")
     hist = rnn.fit(model, xs, ys, loss=loss, at=at, epochs=args.epochs,
                    batch_size=args.batch_size, clip_norm=1.0, truncate=args.truncate,
-                   optimizer=rnn.optim.Adam(lr=args.lr), validation=(vx, vy), seed=args.seed)
+                   optimizer=rnn.optim.Adam(lr=args.lr), validation=(vx, vy), seed=args.seed,
+                   checkpoint=args.checkpoint, checkpoint_every=10, resume=args.resume)
+    if args.save:
+        print(f"model written to {model.save(args.save)}")
     base = ""
     if task == "adding":
         base = "predicting the mean gives 0.167"
@@ -317,6 +322,12 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--batch-size", type=positive, default=32)
     sp.add_argument("--lr", type=positive_float, default=1e-2)
     sp.add_argument("--truncate", type=int, default=None)
+    sp.add_argument("--save", metavar="FILE", help="write the trained model (rnn.Model.load "
+                    "reads it back)")
+    sp.add_argument("--checkpoint", metavar="FILE", help="save the run after every epoch "
+                    "(and every 10 updates) to FILE")
+    sp.add_argument("--resume", action="store_true", help="go on from --checkpoint if it "
+                    "exists")
     sp.set_defaults(func=cmd_train, hidden_size=16)
 
     sp = add("compile", "the compiled time loop generated for a cell: the unrolled program "
@@ -354,7 +365,7 @@ def main(argv=None) -> int:
         return 2
     try:
         return args.func(args) or 0
-    except (UserError, UnrollError, ValueError, TypeError, FileNotFoundError) as e:
+    except (UserError, UnrollError, ValueError, TypeError, OSError) as e:  # not a bug of ours
         if os.environ.get("UNROLL_DEBUG"):
             raise
         print(f"unroll {args.command}: error: {e}", file=sys.stderr)

@@ -27,6 +27,7 @@ Every failure is a ``ModelFileError`` (a ValueError) that names the file and the
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -41,7 +42,7 @@ from engine.errors import UnrollError, all_finite
 from ..lang.cell import Cell
 from ..model import Model
 
-FORMAT, VERSION = "unroll.model", "1"
+FORMAT, CHECKPOINT, VERSION = "unroll.model", "unroll.checkpoint", "1"
 MAX_HEADER = 16 << 20  # bytes of JSON header: far above any model's (a few KB)
 DTYPES = {"float32": "F32", "float64": "F64"}
 
@@ -52,8 +53,6 @@ class ModelFileError(UnrollError, ValueError):
 
 def save(model, path) -> Path:
     """Write ``model`` to ``path`` (atomically); returns the path."""
-    from safetensors.numpy import save as to_bytes
-
     path = Path(path)
     cell = model.cell
     if not cell.text.strip():
@@ -63,26 +62,53 @@ def save(model, path) -> Path:
             "sizes": {k: v for k, v in cell.declared.items() if k not in cell.states},
             "layers": model.layers, "head": model.head, "dtype": model.dtype,
             "learn_initial": list(model.learn_initial)}
-    tensors = {k: np.ascontiguousarray(v) for k, v in model.params.items()}
+    _write(path, FORMAT, model.params, {"cell": cell.text, "spec": json.dumps(spec)})
+    return path
+
+
+def save_checkpoint(path, tensors: dict, info: dict) -> None:
+    """A training checkpoint: arrays, and ``info`` (anything JSON holds; floats
+    round-trip exactly, NaN included), written atomically like a model file."""
+    _write(Path(path), CHECKPOINT, tensors, {"info": json.dumps(info)})
+
+
+def load_checkpoint(path) -> tuple[dict, dict]:
+    """(tensors, info) of a checkpoint written by ``save_checkpoint``, checked as a
+    model file is."""
+    path = Path(path)
+    meta, tensors = _read(path, CHECKPOINT)
+    try:
+        return tensors, json.loads(meta["info"])
+    except (KeyError, ValueError) as e:
+        raise ModelFileError(f"{path}: a damaged checkpoint ({e})") from None
+
+
+def _write(path: Path, fmt: str, tensors: dict, meta: dict) -> None:
+    from safetensors.numpy import save as to_bytes
+
+    tensors = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
     for k, v in tensors.items():
         if not all_finite(v):
-            raise ValueError(f"parameter '{k}' holds NaN or inf; not saved")
-    meta = {"format": FORMAT, "version": VERSION, "cell": cell.text, "spec": json.dumps(spec),
-            "sha256": _digest(tensors)}
+            raise ValueError(f"'{k}' holds NaN or inf; {path} not written")
+    meta = {"format": fmt, "version": VERSION, **meta, "sha256": _digest(tensors)}
     write_atomic(path, to_bytes(tensors, metadata=meta))
-    return path
 
 
 def write_atomic(path: Path, data: bytes) -> None:
     """``path`` holds ``data`` or what it held before, whatever happens meanwhile."""
     folder = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    except OSError as e:
+        raise type(e)(f"cannot write {path}: {e.strerror}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        for old in folder.glob(f".{glob.escape(path.name)}.*.tmp"):  # a killed writer's
+            old.unlink(missing_ok=True)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -99,7 +125,7 @@ def write_atomic(path: Path, data: bytes) -> None:
 def load(path):
     """The model saved at ``path``."""
     path = Path(path)
-    meta, tensors = _read(path)
+    meta, tensors = _read(path, FORMAT)
     try:
         spec = json.loads(meta["spec"])
         cell = Cell.from_equations(meta["cell"], inputs=spec["inputs"], states=spec["states"],
@@ -109,9 +135,6 @@ def load(path):
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise ModelFileError(f"{path}: its model description does not build a model: "
                              f"{type(e).__name__}: {e}") from None
-    if meta.get("sha256") != _digest(tensors):
-        raise ModelFileError(f"{path} is damaged: its weights do not match the checksum "
-                             f"written with them")
     try:
         model.load_params(tensors)
     except ValueError as e:
@@ -119,8 +142,9 @@ def load(path):
     return model
 
 
-def _read(path: Path):
-    """(metadata, {name: array}) of a safetensors file, checked before it is parsed."""
+def _read(path: Path, fmt: str):
+    """(metadata, {name: array}) of a safetensors file of ours in format ``fmt``,
+    checked before it is parsed and against its checksum after."""
     from safetensors import SafetensorError, safe_open
 
     try:
@@ -147,8 +171,8 @@ def _read(path: Path):
     try:
         with safe_open(str(path), framework="np") as f:
             meta = f.metadata() or {}
-            if meta.get("format") != FORMAT:
-                raise ModelFileError(f"{path} is a safetensors file but not an unroll model "
+            if meta.get("format") != fmt:
+                raise ModelFileError(f"{path} is a safetensors file but not an {fmt} file "
                                      f"(metadata format={meta.get('format')!r})")
             if meta.get("version") != VERSION:
                 raise ModelFileError(f"{path} is an unroll model file of version "
@@ -157,6 +181,9 @@ def _read(path: Path):
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except SafetensorError as e:
         raise ModelFileError(f"{path} is not a valid model file: {e}") from None
+    if meta.get("sha256") != _digest(tensors):
+        raise ModelFileError(f"{path} is damaged: its arrays do not match the checksum "
+                             f"written with them")
     return meta, tensors
 
 

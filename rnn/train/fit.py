@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import numbers
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from engine.errors import all_finite
 
 from ..bptt import bptt
+from ..io import files
 from ..model import Model
 from .optim import Adam, NonFiniteError
 
@@ -132,7 +135,8 @@ def fit(model: Model, xs, ys, loss: str = "mse", optimizer=None, epochs: int = 1
         batch_size: int = 16, clip_norm: float | None = None, clip_value: float | None = None,
         truncate=None, at: str = "all", mask=None, shuffle: bool = True, seed: int = 0,
         stateful: bool = False, progress: bool = True, validation=None,
-        executor: str = "compiled", on_nonfinite: str = "raise") -> History:
+        executor: str = "compiled", on_nonfinite: str = "raise", checkpoint=None,
+        checkpoint_every: int | None = None, resume: bool = False) -> History:
     """Train ``model`` in place on (xs, ys); return the History.
 
     ``stateful=True`` carries each batch's final state into the next (in order, no
@@ -145,6 +149,13 @@ def fit(model: Model, xs, ys, loss: str = "mse", optimizer=None, epochs: int = 1
     raises NonFiniteError (a FloatingPointError) naming the epoch and the batch;
     ``"skip"`` leaves that batch out (``History.skipped`` lists (epoch, batch), from 1)
     and goes on.
+
+    ``checkpoint=path`` saves everything the run needs to go on (weights, optimizer
+    state, the shuffling RNG, the position in the epoch, the carried state, the
+    history) atomically after every ``checkpoint_every`` updates and at the end of each
+    epoch. With ``resume=True`` a run whose checkpoint exists goes on from it, and ends
+    with the same weights and history, bit for bit, as a run that was never stopped,
+    wherever it was killed. A checkpoint of other data or settings is refused.
     """
     epochs = _count("epochs", epochs)
     batch_size = _count("batch_size", batch_size)
@@ -158,15 +169,27 @@ def fit(model: Model, xs, ys, loss: str = "mse", optimizer=None, epochs: int = 1
     ys = np.asarray(ys)
     if len(ys) != len(xs):
         raise ValueError(f"xs has {len(xs)} sequences but ys has {len(ys)}")
+    if checkpoint_every is not None:
+        checkpoint_every = _count("checkpoint_every", checkpoint_every)
     rng = np.random.default_rng(seed)
     hist = History()
-    bar = Progress(epochs, progress)
-    t0 = time.perf_counter()
     N = len(xs)
-    for epoch in range(epochs):
-        order = rng.permutation(N) if shuffle and not stateful else np.arange(N)
-        state, total, count = None, 0.0, 0
-        for start in range(0, N, batch_size):
+    if checkpoint is not None and not isinstance(model, Model):
+        raise TypeError(f"checkpoints are for rnn.Model; got {type(model).__name__}")
+    run = _Run(checkpoint, model, optimizer, rng, hist, checkpoint and _fingerprint(
+        model, optimizer, xs, ys, mask, loss, at, batch_size, clip_norm, clip_value,
+        truncate, shuffle, seed, stateful, executor, on_nonfinite))  # not epochs: a
+    # resumed run may go further than it was first asked to
+    at0 = run.resume() if resume else None  # (epoch, start, order, state, total, count)
+    bar = Progress(epochs, progress)
+    t0 = time.perf_counter() - hist.seconds
+    for epoch in range(at0[0] if at0 else 0, epochs):
+        if at0 and epoch == at0[0] and at0[2] is not None:  # resumed within an epoch
+            _, first, order, state, total, count = at0
+        else:
+            order = rng.permutation(N) if shuffle and not stateful else np.arange(N)
+            first, state, total, count = 0, None, 0.0, 0
+        for start in range(first, N, batch_size):
             idx = order[start:start + batch_size]
             where = f"epoch {epoch + 1}, batch {start // batch_size + 1}"
             init = state if stateful and state is not None and len(idx) == batch_size else None
@@ -196,6 +219,11 @@ def fit(model: Model, xs, ys, loss: str = "mse", optimizer=None, epochs: int = 1
                                      f"clip_norm, or pass on_nonfinite='skip'") from None
             state = res.final_state if stateful else None
             total, count = total + res.loss * len(idx), count + len(idx)
+            run.updates += 1
+            if checkpoint_every and run.updates % checkpoint_every == 0 and \
+                    start + batch_size < N:  # (the end of an epoch is saved below)
+                hist.seconds = time.perf_counter() - t0
+                run.save(epoch, start + batch_size, order, state, total, count)
         hist.losses.append(total / count if count else math.nan)
         text = f"loss {hist.losses[-1]:.5g}"
         if hist.skipped:
@@ -206,5 +234,72 @@ def fit(model: Model, xs, ys, loss: str = "mse", optimizer=None, epochs: int = 1
             hist.val_losses.append(vres.loss)
             text += f" val {vres.loss:.5g}"
         bar.update(epoch + 1, text)
+        hist.seconds = time.perf_counter() - t0
+        run.save(epoch + 1, 0, None, None, 0.0, 0)
     hist.seconds = time.perf_counter() - t0
     return hist
+
+
+def _fingerprint(model, optimizer, xs, ys, mask, *settings) -> str:
+    """What makes a run this run: the model, the optimizer's settings, the data and
+    fit's settings. A checkpoint of another run is not resumed."""
+    h = hashlib.sha256()
+    h.update(repr((model.cell.text, model.cell.inputs, model.cell.states, model.layers,
+                   model.head, model.dtype, type(optimizer).__name__,
+                   getattr(optimizer, "_settings", lambda: "")(), settings)).encode())
+    for a in (xs, ys, mask):
+        if a is not None:
+            a = np.ascontiguousarray(a)
+            h.update(f"{a.dtype.str}{a.shape}".encode())
+            h.update(a.tobytes())
+    return h.hexdigest()
+
+
+class _Run:
+    """fit's checkpoint: where a run is, written to and read from rnn/io/files.py."""
+
+    def __init__(self, path, model, optimizer, rng, hist, fingerprint):
+        self.path, self.model, self.opt, self.rng, self.hist = path, model, optimizer, rng, hist
+        self.fingerprint, self.updates = fingerprint, 0
+
+    def save(self, epoch, start, order, state, total, count) -> None:
+        if self.path is None:
+            return
+        arrays, numbers = self.opt.state_dict()
+        tensors = {**{f"param/{k}": v for k, v in self.model.params.items()},
+                   **{f"opt/{k}": v for k, v in arrays.items()},
+                   **{f"state/{k}": v for k, v in (state or {}).items()}}
+        if order is not None:
+            tensors["order"] = np.asarray(order, np.int64)
+        h = self.hist
+        files.save_checkpoint(self.path, tensors, {
+            "run": self.fingerprint, "epoch": epoch, "start": start, "total": total,
+            "count": count, "updates": self.updates, "opt": numbers,
+            "rng": self.rng.bit_generator.state,
+            "history": {"losses": h.losses, "batch_losses": h.batch_losses,
+                        "grad_norms": h.grad_norms, "val_losses": h.val_losses,
+                        "skipped": h.skipped, "seconds": h.seconds}})
+
+    def resume(self):
+        """Restore from the checkpoint if there is one; the position to go on from."""
+        if self.path is None:
+            raise ValueError("resume=True needs checkpoint=path")
+        if not Path(self.path).exists():
+            return None  # nothing saved yet: start from the beginning
+        tensors, info = files.load_checkpoint(self.path)
+        if info.get("run") != self.fingerprint:
+            raise ValueError(f"checkpoint {self.path} belongs to another run (other data, "
+                             f"model or settings); pass another path or resume=False")
+        part = {}
+        for key, v in tensors.items():
+            kind, _, name = key.partition("/")
+            part.setdefault(kind, {})[name] = v
+        self.model.load_params(part.get("param", {}))
+        self.opt.load_state_dict(part.get("opt", {}), info["opt"])
+        self.rng.bit_generator.state = info["rng"]
+        for k, v in info["history"].items():
+            setattr(self.hist, k, [tuple(x) for x in v] if k == "skipped" else v)
+        self.updates = info["updates"]
+        state = part.get("state") or None
+        return (info["epoch"], info["start"], tensors.get("order"), state, info["total"],
+                info["count"])

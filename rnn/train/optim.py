@@ -36,6 +36,26 @@ def _real(name: str, value, *, low: float = 0.0, low_ok: bool = False, high: flo
 class Optimizer:
     """The base of SGD and Adam: ``step`` = compute everything, check it, then write."""
 
+    _slots: tuple[str, ...] = ()  # attributes holding {param name: array} state
+    _numbers: tuple[str, ...] = ()  # attributes holding a number of state
+
+    def state_dict(self) -> tuple[dict[str, np.ndarray], dict]:
+        """The optimizer's state as ({"slot/param": array}, {name: number}), for a
+        checkpoint; ``load_state_dict`` puts it back."""
+        arrays = {f"{s}/{k}": v for s in self._slots for k, v in getattr(self, s).items()}
+        return arrays, {n: getattr(self, n) for n in self._numbers}
+
+    def load_state_dict(self, arrays: dict, numbers: dict) -> None:
+        for s in self._slots:
+            getattr(self, s).clear()
+        for key, v in arrays.items():
+            slot, _, name = key.partition("/")
+            if slot not in self._slots:
+                raise ValueError(f"{type(self).__name__} has no state {slot!r}")
+            getattr(self, slot)[name] = np.array(v)
+        for n in self._numbers:
+            setattr(self, n, numbers[n])
+
     def check(self) -> None:
         """Refuse settings that make no sense (called on construction and by fit)."""
 
@@ -91,8 +111,10 @@ class SGD(Optimizer):
                  weight_decay: float = 0.0):
         self.lr, self.momentum, self.nesterov, self.weight_decay = lr, momentum, nesterov, \
             weight_decay
-        self.state: dict[str, np.ndarray] = {}
+        self.state: dict[str, np.ndarray] = {}  # momentum buffers
         self.check()
+
+    _slots = ("state",)
 
     def check(self) -> None:
         _real("lr", self.lr, what="a finite number > 0")
@@ -138,6 +160,8 @@ class Adam(Optimizer):
         self.m: dict[str, np.ndarray] = {}
         self.v: dict[str, np.ndarray] = {}
         self.check()
+
+    _slots, _numbers = ("m", "v"), ("t",)
 
     def check(self) -> None:
         _real("lr", self.lr, what="a finite number > 0")
