@@ -20,5 +20,5 @@ from .seq2seq import Seq2Seq
 from .train import optim
 from .train.fit import History, fit
 
-__all__ = ["BPTTResult", "Cell", "CellBuilder", "History", "Model", "ModelFileError", "Seq2Seq", "Unrolled",
-           "bptt", "cells", "fit", "interop", "optim", "tasks", "unroll"]
+__all__ = ["BPTTResult", "Cell", "CellBuilder", "History", "Model", "ModelFileError", "Seq2Seq",
+           "Unrolled", "bptt", "cells", "fit", "interop", "optim", "tasks", "unroll"]

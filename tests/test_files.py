@@ -159,8 +159,8 @@ def test_load_rejects_hostile_headers(tmp_path):
 def test_a_hostile_cell_text_is_parsed_never_run(tmp_path, monkeypatch):
     m = _model()
     path = m.save(tmp_path / "m.unroll")
-    from safetensors.numpy import load_file, save_file
     from safetensors import safe_open
+    from safetensors.numpy import load_file, save_file
 
     with safe_open(str(path), framework="np") as f:
         meta = f.metadata()

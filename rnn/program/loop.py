@@ -906,9 +906,10 @@ class _Threads:
     """BLAS threads while a plan runs. Every GEMM runs on one thread unless it is big
     (``BIG`` FLOPs in one call): then it gets the cores no other process is running on.
     Threads that wait for each other on small GEMMs only spin, and when another process
-    holds one of their cores they collapse (10-40x slower here, as torch's do). That covers the per-step GEMMs inside
-    the loops and the hoisted ones (numpy's BLAS, and scipy's where a loop falls back to
-    np.dot). The settings are restored after each call.
+    holds one of their cores they collapse (10-40x slower here, as torch's do). That
+    covers the per-step GEMMs inside the loops and the hoisted ones (numpy's BLAS, and
+    scipy's where a loop falls back to np.dot). The settings are restored after each
+    call.
 
     Where no GEMM of a call reaches ``SERIAL`` multiply-adds (m n k), BLAS libraries run
     it on one thread anyway (OpenBLAS's threshold): the settings are left alone, which
