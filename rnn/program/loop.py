@@ -263,6 +263,18 @@ def _mm(a, b, c, trans_b, beta):
     _GEMM(101, 111, 112 if trans_b else 111, a.shape[0], c.shape[1], a.shape[1], ONE,
           a.ctypes.data, a.strides[0] // a.itemsize, b.ctypes.data, b.strides[0] // b.itemsize,
           beta, c.ctypes.data, c.strides[0] // c.itemsize)
+
+
+@numba.njit(cache=True, nogil=True)
+def _mtm(a, a0, b, b0, rows, c):
+    """c += a[a0:a0+rows].T @ b[b0:b0+rows], rows of C-ordered a, b of any rank."""
+    m, k = a.shape[-1], b.shape[-1]
+    if a.strides[-1] != a.itemsize or b.strides[-1] != b.itemsize or \\
+            a.strides[0] * a.shape[0] != a.size * a.itemsize or \\
+            b.strides[0] * b.shape[0] != b.size * b.itemsize:
+        raise ValueError("unroll: a GEMM operand is not in C order")
+    _GEMM(101, 112, 111, m, k, rows, ONE, a.ctypes.data + a0 * m * a.itemsize, m,
+          b.ctypes.data + b0 * k * b.itemsize, k, ONE, c.ctypes.data, c.strides[0] // c.itemsize)
 '''
 GEMM_NUMPY = '''
 
@@ -273,6 +285,12 @@ def _mm(a, b, c, trans_b, beta):
         c[:] = p
     else:
         c += p
+
+
+@numba.njit(cache=True, nogil=True)
+def _mtm(a, a0, b, b0, rows, c):
+    a2 = a.reshape(-1, a.shape[-1])[a0:a0 + rows]
+    c += np.dot(a2.T, b.reshape(-1, b.shape[-1])[b0:b0 + rows])
 '''
 JIT = '@numba.njit(cache=True, nogil=True, error_model="numpy")'
 
@@ -504,7 +522,7 @@ class _Emit:
 
     def backward(self) -> str:
         step, grp = self.step, self.grp
-        sig = ["T", "B", "K", "KEEP_ADJ"] + self.bwd_sig()
+        sig = ["T", "B", "K", "KEEP_ADJ", "CH"] + self.bwd_sig()
         lines = [JIT, f"def backward({', '.join(sig)}):"]
         body = []
         for n in grp.nodes:
@@ -542,7 +560,7 @@ class _Emit:
         for n in grp.nodes:
             i = self.idx[n.out]
             if n.op == "matvec":
-                loop.append(f"g{i} = GMV{i}[t]")
+                loop.append(f"g{i} = GMV{i}[t % CH]")
             if n.out not in self.garray:
                 continue
             parts = []
@@ -566,8 +584,30 @@ class _Emit:
                          f"NORM{i}[t] = math.sqrt(s)", "if KEEP_ADJ:",
                          f"    KEEP{i}[t] = g{i}"]
             loop += self.bwd_node(n)
+        for n in grp.nodes:
+            if n.op == "matvec":
+                loop += self.weight_grad(n)
         body += ["    " + ln for ln in loop]
         return "\n".join(lines + ["    " + ln for ln in body]) + "\n"
+
+    def weight_grad(self, n: Node) -> list[str]:
+        """The weight's cotangent, sum over t of g_t^T x_(t-d): the g of CH steps are
+        kept (a ring, GMV) and go into one GEMM when the chunk is complete, as all T of
+        them did once, without holding all T."""
+        i, (W, x) = self.idx[n.out], n.args
+        G, P, d = f"GMV{i}", f"GP{self.params[W.name]}", x.delay
+        X = self.arr(x.name)
+        out = [f"if t % CH == 0:  # steps t .. t + n - 1 are done: {P} += their g^T x",
+               "    n = min(CH, T - t)"]
+        if not d:
+            return out + [f"    _mtm({G}, 0, {X}, t * B, n * B, {P})"]
+        init = f"I_{self.tag(x.name)}"
+        return out + [f"    if t >= {d}:", f"        _mtm({G}, 0, {X}, (t - {d}) * B, n * B, {P})",
+                      "    else:  # before step d, x[t - d] is the initial value",
+                      f"        for s in range(min({d}, n)):",
+                      f"            _mtm({G}, s * B, {init}, 0, B, {P})",
+                      f"        if n > {d}:",
+                      f"            _mtm({G}, {d} * B, {X}, 0, (n - {d}) * B, {P})"]
 
     def bwd_run(self, seg: list[Node]) -> list[str]:
         """Reverse mode of a run in one loop over (b, j): adjoints in scalars ``a{i}``."""
@@ -803,6 +843,7 @@ class Plan:
                  if s not in self.step.inputs}
         norms, kept = {}, {}
         step = self.step
+        CH = max(1, min(T, -(-WGRAD_ROWS // B)))  # steps per weight-gradient GEMM
 
         def adj_of(name):
             if name not in adj:
@@ -834,8 +875,8 @@ class Plan:
                     extra[(role, name)] = ginit[name]
                 elif role == "gparam":
                     extra[(role, name)] = gparams[name]
-                elif role == "gmv":
-                    extra[(role, name)] = np.zeros((T, B, w), self.dtype)
+                elif role == "gmv":  # a ring of CH steps (see _Emit.weight_grad)
+                    extra[(role, name)] = np.empty((CH, B, w), self.dtype)
                 elif role == "norm":
                     extra[(role, name)] = norms[name] = np.zeros(T)
                 elif role == "keep":
@@ -844,14 +885,7 @@ class Plan:
                         else np.empty((1, B, w), self.dtype))
             args = self._args(grp.bwd_args, vals, params, init, extra, T, B)
             with _threads.gemm(grp.flops * B):
-                grp.backward(T, B, K, keep_adjoints, *args)
-            for n in grp.nodes:  # the weights' cotangents of all steps: one GEMM each
-                if n.op == "matvec":
-                    W, x = n.args
-                    G = extra[("gmv", n.out)]
-                    with _threads.gemm(_flops(n, T * B, params)):
-                        gparams[W.name] += _weight_grad(G, vals[x.name], init.get(x.name),
-                                                        x.delay)
+                grp.backward(T, B, K, keep_adjoints, CH, *args)
         if not keep_adjoints:
             kept = {}
         return gparams, ginit, norms, kept
@@ -1010,6 +1044,7 @@ _threads = _Threads()
 
 
 INPLACE = {"add": np.add, "sub": np.subtract, "div": np.divide}
+WGRAD_ROWS = 1024  # rows (steps x batch) of a loop's weight-gradient GEMMs
 
 
 def _needed(step: Step, groups: list) -> set:
