@@ -7,9 +7,12 @@ import numpy as np
 
 
 def all_finite(a) -> bool:
-    """No NaN or inf in ``a``. A finite sum proves it in one pass (a NaN or an inf
-    makes any sum NaN or inf); only a sum that overflows needs the element check."""
+    """No NaN or inf in ``a``. For a big array a finite sum proves it in one pass (a NaN
+    or an inf makes any sum NaN or inf), and only a sum that overflows needs the element
+    check; a small one is checked element by element (cheaper than the errstate)."""
     a = np.asarray(a)
+    if a.size < 4096:
+        return bool(np.isfinite(a).all())
     with np.errstate(over="ignore", invalid="ignore"):  # whatever the caller's errstate
         total = a.sum()
     return math.isfinite(total) or bool(np.isfinite(a).all())

@@ -801,10 +801,10 @@ class Plan:
         for role, name in roles:
             if role in ("val", "ext"):
                 out.append(vals[name])
-            elif role == "init":
-                out.append(np.ascontiguousarray(init[name], self.dtype))
-            elif role == "param":  # gradcheck may hand in a scalar or a strided view
-                out.append(np.require(params[name], self.dtype, "C"))
+            elif role in ("init", "param"):  # gradcheck may hand in a scalar or a view
+                a = (init if role == "init" else params)[name]
+                ok = type(a) is np.ndarray and a.dtype == self.dtype and a.flags.c_contiguous
+                out.append(a if ok else np.require(a, self.dtype, "C"))
             else:
                 out.append(extra[(role, name)])
         return out
@@ -824,7 +824,7 @@ class Plan:
         LSTM's input projection over all T, ...): each becomes a read-only view of one
         zero with its shape, which is all a backward rule asks of it."""
         for k, v in vals.items():
-            if k not in self.needed and v.size:
+            if k not in self.needed and v.nbytes >= 1 << 16:  # small ones: not worth it
                 vals[k] = np.broadcast_to(np.zeros((), v.dtype), v.shape)
 
     def blas_threads(self, T: int, B: int):
