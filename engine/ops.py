@@ -289,17 +289,17 @@ def _slice_shape(x, index):
     return tuple(out) + tuple(x[len(index):])
 
 
-def _py_index(index):
+def py_index(index):
     return tuple(ix if isinstance(ix, int) else slice(*ix) for ix in index)
 
 
 def _slice_vjp(g, y, x, index):
     gx = np.zeros_like(x)
-    gx[_py_index(index)] = g
+    gx[py_index(index)] = g
     return (gx,)
 
 
-defop("slice", 1, _slice_shape, lambda x, index: x[_py_index(index)], _slice_vjp,
+defop("slice", 1, _slice_shape, lambda x, index: x[py_index(index)], _slice_vjp,
       doc="basic indexing; index is a tuple of ints and (start, stop, step) triples")
 
 

@@ -35,7 +35,7 @@ import numpy as np
 
 from engine import blas
 from engine import kernels as _kernels
-from engine.ops import OPS, unbroadcast
+from engine.ops import OPS, py_index, unbroadcast
 
 from ..lang.parse import Ref
 from . import cache
@@ -898,6 +898,14 @@ class Plan:
         return a
 
     def _sweep_backward(self, n, g, vals, params, init, gparams, ginit, adj, K, T, B):
+        a = n.args[0]
+        if (n.op == "slice" and a.kind == "node" and not a.delay  # (a GRU's gates)
+                and not any(isinstance(ix, int) for ix in n.kw["index"])):
+            if a.name not in adj:  # into its place in the source's adjoint, not into zeros
+                adj[a.name] = np.zeros((T, B, self.step.widths[a.name]), self.dtype)
+            view = self._own(adj, a.name).reshape(T * B, -1)[py_index(n.kw["index"])]
+            view += g.reshape(T * B, n.width)
+            return
         args = [self._operand(a, vals, params, init, T, B) for a in n.args]
         g2 = g.reshape(T * B, n.width)
         if n.op == "matvec":  # no cotangent for data
