@@ -129,6 +129,8 @@ def _run_plan(model, plan, xs, targets, weights, loss, at, initial_state, k, mas
 def _loss(model, Y, targets, weights, loss, at):
     """The loss of the outputs of every step, Y (T, B, O), and dL/dY."""
     T, _, O = Y.shape
+    if loss == "mse" and at == "all":  # in Y's (time-major) order: dL/dY needs no copy
+        return mse_and_grad(Y, targets.transpose(1, 0, 2), weights.transpose(1, 0, 2))
     y = Y.transpose(1, 0, 2) if at == "all" else Y[-1]
     if loss == "mse":
         value, gy = mse_and_grad(y, targets, weights)

@@ -44,13 +44,19 @@ def loss_program(loss: str, at: str, steps: int, O: int, dtype: str) -> Program:
 
 def mse_and_grad(y: np.ndarray, targets: np.ndarray, weights: np.ndarray):
     """The mse of ``_append``, sum(w * (y - target)^2), and its gradient 2 w (y - target),
-    in three passes over y: what the loss program computes, without its temporaries
-    (the compiled path's loss; tests hold the two together)."""
-    dw = y - targets
-    dw *= weights
-    value = float(np.vdot(dw, y - targets))
-    dw *= 2
-    return value, dw
+    in y's memory order (targets and weights may be views in another), in three passes
+    over y when all weights are equal (no mask): what the loss program computes, without
+    its temporaries (the compiled path's loss; tests hold the two together)."""
+    d = np.subtract(y, targets, out=np.empty_like(y))
+    if weights.size and weights.min() == weights.max():  # one weight for every element
+        c = weights.flat[0]
+        value = float(c * np.vdot(d, d))
+        d *= 2 * c
+        return value, d
+    wd = d * weights
+    value = float(np.vdot(wd, d))
+    wd *= 2
+    return value, wd
 
 
 def _check(loss, at):
