@@ -275,3 +275,18 @@ def test_blas_threads_left_alone_for_tiny_products():
                                              np.ones((2, 4, 2)))
     assert seen and all(counts == before for counts in seen)
     assert after == before
+
+
+def test_a_fixed_blas_thread_count_ignores_the_load(monkeypatch):
+    monkeypatch.setenv("UNROLL_BLAS_THREADS", "1")
+    th = loop._Threads()
+    th.depth = 1  # inside ``single``
+    monkeypatch.setattr(loop._Threads, "free_cores", staticmethod(lambda: 2))
+    assert th.gemm(1e12) is loop._NOTHING  # big, and cores free: still one thread
+    monkeypatch.setenv("UNROLL_BLAS_THREADS", "2")
+    th = loop._Threads()
+    th.depth = 1
+    monkeypatch.setattr(loop._Threads, "free_cores", staticmethod(lambda: 1))
+    got = th.gemm(1e12)
+    assert isinstance(got, loop._Full) and got.cores == 2  # busy machine: still two
+    assert th.gemm(1.0) is loop._NOTHING  # small: one

@@ -965,6 +965,10 @@ class _Threads:
         self.libs = None
         self.depth = 0  # nested ``single`` calls: only the outermost sets and restores
         self.seen = (-math.inf, 1)  # (when, free cores)
+        # UNROLL_BLAS_THREADS=n: big GEMMs on n threads, never by the load (a GEMM's
+        # sums, so its last bits, depend on how many threads share it)
+        fixed = os.environ.get("UNROLL_BLAS_THREADS", "").strip()
+        self.fixed = max(int(fixed), 1) if fixed.isdigit() else None
         self.old = []
 
     def _find(self):
@@ -1008,6 +1012,8 @@ class _Threads:
         """Inside ``single``: the free cores for one big GEMM."""
         if flops < self.BIG or self.depth == 0:
             return _NOTHING
+        if self.fixed is not None:  # the same threads whatever the load: the same bits
+            return _NOTHING if self.fixed < 2 else _Full(self, self.fixed)
         now = time.monotonic()
         if now - self.seen[0] > self.FRESH:  # a reading costs ~0.1 ms: reuse it a while
             self.seen = (now, self.free_cores())
