@@ -51,6 +51,7 @@ QUICK = ("tiny-lstm", "small-lstm", "custom-mgu")
 DTYPES = ("float32", "float64")
 OURS, REFERENCE = "unroll", "unroll-reference"
 LR = 1e-3
+SETTLE = 0.5  # seconds between contenders: torch's OpenMP and XLA's pools spin after work
 
 # the minimal gated unit (Zhou et al. 2016), written as a user writes a custom cell
 MGU = """
@@ -243,6 +244,7 @@ def contenders(name: str, w: Workload, dtype: str, peers, said: set, skipped: di
 def _time_all(name, w, steps, peak, budget, warmup, skipped) -> dict:
     rows = {}
     for contender, step in steps:
+        time.sleep(SETTLE)  # the previous contender's thread pools stop spinning first
         try:
             times = measure(step, budget, warmup=warmup)
         except Exception as e:  # noqa: BLE001
