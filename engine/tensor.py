@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import numbers
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,19 @@ def no_grad():
         yield
     finally:
         _grad_enabled.pop()
+
+
+def _axis(axis):
+    """An axis (or axes, or None) with numpy integers as plain ints, as the ops' shape
+    rules take them."""
+    if axis is None or isinstance(axis, bool):
+        return axis
+    if isinstance(axis, numbers.Integral):
+        return int(axis)
+    if isinstance(axis, (tuple, list)):
+        return tuple(int(a) if isinstance(a, numbers.Integral) and not isinstance(a, bool)
+                     else a for a in axis)
+    return axis
 
 
 class Tensor:
@@ -65,7 +79,7 @@ class Tensor:
     def _lift(self, other) -> Tensor:
         if isinstance(other, Tensor):
             return other
-        if isinstance(other, (int, float)):
+        if isinstance(other, numbers.Real):  # numpy scalars too (np.int64(2), np.float32)
             return Tensor(np.asarray(other, dtype=self.dtype))  # a literal takes our dtype
         return Tensor(other)
 
@@ -97,8 +111,8 @@ class Tensor:
     def __neg__(self): return self._call("neg", self)
 
     def __pow__(self, p):
-        if not isinstance(p, (int, float)):
-            raise TypeError(f"Tensor ** p takes a scalar exponent, got {type(p).__name__}")
+        if isinstance(p, bool) or not isinstance(p, numbers.Real):
+            raise TypeError(f"Tensor ** p takes a real scalar exponent, got {type(p).__name__}")
         return self._call("pow", self, p=float(p))
 
     def __getitem__(self, index):
@@ -119,28 +133,30 @@ class Tensor:
     def sigmoid(self): return self._call("sigmoid", self)
     def relu(self): return self._call("relu", self)
     def softplus(self): return self._call("softplus", self)
-    def log_softmax(self, axis=-1): return self._call("log_softmax", self, axis=axis)
-    def softmax(self, axis=-1): return self._call("softmax", self, axis=axis)
+    def log_softmax(self, axis=-1): return self._call("log_softmax", self, axis=_axis(axis))
+    def softmax(self, axis=-1): return self._call("softmax", self, axis=_axis(axis))
     def detach(self): return Tensor(self.data)
 
     def sum(self, axis=None, keepdims=False):
-        return self._call("sum", self, axis=axis, keepdims=keepdims)
+        return self._call("sum", self, axis=_axis(axis), keepdims=keepdims)
 
     def mean(self, axis=None, keepdims=False):
-        return self._call("mean", self, axis=axis, keepdims=keepdims)
+        return self._call("mean", self, axis=_axis(axis), keepdims=keepdims)
 
     def reshape(self, *shape):
         shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
-        return self._call("reshape", self, shape=tuple(shape))
+        return self._call("reshape", self, shape=_axis(tuple(shape)))
 
     def transpose(self, *axes):
         axes = axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else axes
-        return self._call("transpose", self, axes=tuple(axes) if axes else None)
+        return self._call("transpose", self, axes=_axis(tuple(axes)) if axes else None)
 
     T = property(lambda self: self.transpose())
 
     def split(self, n: int, axis: int = -1) -> list[Tensor]:
-        return F.split(self._call, self, n, axis)
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+            raise ValueError(f"split: n must be a positive int, got {n!r}")
+        return F.split(self._call, self, int(n), _axis(axis))
 
     # -------------------------------------------------------------- reverse mode
     def backward(self, grad: np.ndarray | None = None) -> None:

@@ -31,7 +31,9 @@ fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
 for name, color in [("elman", "tab:red"), ("lstm", "tab:blue"), ("gru", "tab:green")]:
     model = rnn.Model(rnn.cells.BUILTINS[name](2, 16), head=1, seed=0)
     if name == "lstm":  # forget gate open at the start (Jozefowicz et al. 2015): f ~ 0.73
-        model.params["bias_ih_l0"][16:32] = 1.0
+        bias = model.params["bias_ih_l0"].copy()
+        bias[16:32] = 1.0
+        model.load_params({"bias_ih_l0": bias}, strict=False)
     res = rnn.bptt(model, xs[:64], ys[:64], at="last")
     norms = res.step_norms["h"]
     ax1.semilogy(np.arange(T), norms / norms[-1], color=color, label=name)

@@ -10,14 +10,16 @@
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from engine import ir
 
+from .lang.cell import Cell
 from .lang.parse import Ref
-from .losses import check_targets, loss_program, loss_weights, mse_and_grad
+from .losses import check_loss, check_targets, loss_program, loss_weights, mse_and_grad
 from .model import Model, check_mask
 from .program.executor import REFERENCE, check_executor
 
@@ -35,18 +37,33 @@ class BPTTResult:
     adjoints: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
 
+def _is_count(k) -> bool:
+    return isinstance(k, numbers.Integral) and not isinstance(k, bool) and k >= 1
+
+
 def _check_truncate(truncate):
     if truncate is None:
         return None
     if isinstance(truncate, (tuple, list)):
-        if (len(truncate) != 2 or not all(isinstance(k, int) and k >= 1 for k in truncate)
+        if (len(truncate) != 2 or not all(_is_count(k) for k in truncate)
                 or truncate[1] < truncate[0]):
             raise ValueError(f"truncate=(k1, k2) needs ints 1 <= k1 <= k2, got {truncate!r}")
-        return tuple(truncate)
-    if not isinstance(truncate, int) or isinstance(truncate, bool) or truncate < 1:
+        return int(truncate[0]), int(truncate[1])
+    if not _is_count(truncate):
         raise ValueError(f"truncate must be a positive int k or a pair (k1, k2), got "
                          f"{truncate!r}")
-    return truncate
+    return int(truncate)
+
+
+def check_model(model, what: str = "bptt"):
+    """``model`` if it is a Model or runs its own BPTT (Seq2Seq), else a TypeError."""
+    if isinstance(model, Cell):
+        raise TypeError(f"rnn.{what} takes a model, got a Cell: wrap it in rnn.Model(cell) "
+                        f"(e.g. rnn.{what}(rnn.Model(cell, head=1), ...))")
+    if not isinstance(model, Model) and not callable(getattr(model, "bptt", None)):
+        raise TypeError(f"rnn.{what} takes an rnn.Model (or rnn.Seq2Seq), got "
+                        f"{type(model).__name__}")
+    return model
 
 
 def bptt(model: Model, xs, targets, loss: str = "mse", at: str = "all", initial_state=None,
@@ -54,6 +71,9 @@ def bptt(model: Model, xs, targets, loss: str = "mse", at: str = "all", initial_
          keep_adjoints: bool = False) -> BPTTResult:
     """Loss, parameter gradients, initial-state gradients and per-step state-gradient
     norms of ``model`` on one batch (see SPEC section 4 for every argument)."""
+    check_model(model)
+    check_executor(executor)
+    check_loss(loss, at)
     if not isinstance(model, Model):  # a composite (e.g. Seq2Seq) runs its own program
         return model.bptt(xs, targets, loss=loss, at=at, executor=executor,
                           initial_state=initial_state, truncate=truncate, mask=mask)
@@ -77,10 +97,9 @@ def checked(model: Model, xs, targets, loss: str, at: str, mask):
     xs = model.check_xs(xs)
     B, T, _ = xs.shape
     O = model.output_size
-    if at not in ("all", "last"):
-        raise ValueError(f"at must be 'all' (many-to-many) or 'last' (many-to-one), got {at!r}")
+    check_loss(loss, at)
     targets = check_targets(loss, at, targets, B, T, O, model.dtype)
-    mask = check_mask(mask, (B, T), model.dtype)
+    mask = check_mask(mask, (B, T), model.dtype, model.full)
     return xs, targets, mask, loss_weights(loss, at, B, T, O, mask, model.dtype)
 
 
@@ -92,7 +111,7 @@ def _run(model, xs, targets, weights, loss, at, initial_state, k, mask, executor
                                            initial_state, k, mask, executor, keep_adjoints,
                                            carried)
     B = xs.shape[0]
-    grads = {p: adj[p] if p in adj else np.zeros_like(v) for p, v in model.params.items()}
+    grads = {p: adj[p] if p in adj else np.zeros_like(v) for p, v in model._params.items()}
     per_layer = {n: adj.get(f"{n}@init", np.zeros((B, model.full.states[n]), model.dtype))
                  for n in model.full.states}
     given = set(initial_state or {})
@@ -170,7 +189,7 @@ def _run_program(model, plan, xs, targets, weights, loss, at, initial_state, k, 
         if keep_adjoints:
             kept[var.name] = g
 
-    wrt = set(model.params) | {v.name for v in un.init.values()}
+    wrt = set(model._params) | {v.name for v in un.init.values()}
     adj = ex.backward(prog, vals, {"loss": np.ones((), model.dtype)}, seen, wrt)
     final = {n: vals[un.values[n][-1].name] for n in model.full.states}
     ys = np.stack([vals[v.name] for v in un.outputs()], axis=1)

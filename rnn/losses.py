@@ -21,7 +21,7 @@ LOSSES = ("mse", "cross_entropy")
 
 def add_loss(un: Unrolled, loss: str, at: str) -> Program:
     """The unrolled program with the loss appended (its output is the scalar ``loss``)."""
-    _check(loss, at)
+    check_loss(loss, at)
     prog = un.program
     b = Builder.extend(prog, prog.outputs[0].dtype)
     ys = un.outputs()
@@ -36,7 +36,7 @@ def add_loss(un: Unrolled, loss: str, at: str) -> Program:
 @lru_cache(maxsize=64)
 def loss_program(loss: str, at: str, steps: int, O: int, dtype: str) -> Program:
     """The loss alone, of the outputs ``Y`` of every step (B, T, O), or of the last (B, O)."""
-    _check(loss, at)
+    check_loss(loss, at)
     b = Builder(dtype)
     lead = ("B", steps) if at == "all" else ("B",)
     return _append(b, b.input("Y", lead + (O,)), lead, O, loss)
@@ -59,9 +59,10 @@ def mse_and_grad(y: np.ndarray, targets: np.ndarray, weights: np.ndarray):
     return value, wd
 
 
-def _check(loss, at):
-    if loss not in LOSSES:
-        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+def check_loss(loss, at="all") -> None:
+    """A loss and an ``at`` this module knows, or a ValueError naming those it does."""
+    if not isinstance(loss, str) or loss not in LOSSES:
+        raise ValueError(f"loss must be one of {list(LOSSES)}, got {loss!r}")
     if at not in ("all", "last"):
         raise ValueError(f"at must be 'all' (many-to-many) or 'last' (many-to-one), got {at!r}")
 
@@ -92,6 +93,7 @@ def loss_weights(loss: str, at: str, B: int, T: int, O: int, mask, dtype) -> np.
 
 
 def check_targets(loss: str, at: str, targets, B: int, T: int, O: int, dtype) -> np.ndarray:
+    check_loss(loss, at)
     targets = np.asarray(targets)
     lead = (B, T) if at == "all" else (B,)
     if loss == "mse":

@@ -7,7 +7,9 @@ graph, unrolled by the same compiler.
 
 from __future__ import annotations
 
+import numbers
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +20,83 @@ from engine.ir import Program
 from .lang.cell import Cell
 from .program.executor import REFERENCE, check_executor
 from .program.loop import Plan, Unsupported
-from .program.unroll import Unrolled, unroll
+from .program.unroll import Unrolled, check_dtype_name, check_mask_name, positive_int, unroll
+
+# Parameters are allocated (and initialized) at once when a Model is made: a cell with
+# sizes of 10^7 would otherwise fill gigabytes before any error. 2**28 elements are 2 GiB
+# of float64, far above any RNN this CPU engine trains; raise it if you mean it.
+MAX_PARAM_ELEMENTS = 1 << 28
+
+
+class Params(Mapping):
+    """``model.params``: a read-only mapping {name: array} whose arrays are read-only
+    views of the model's weights (they follow every update). ``model.load_params`` is
+    the only way weights go in; optimizers write through ``writable(params)``.
+
+    >>> from rnn import cells
+    >>> m = Model(cells.elman(2, 3))
+    >>> m.params["bias_ih_l0"].flags.writeable, "bias_ih_l0" in m.params
+    (False, True)
+
+    Item assignment or deletion is a TypeError that points to ``load_params``.
+    """
+
+    __slots__ = ("_arrays",)
+
+    def __init__(self, arrays: dict[str, np.ndarray]):
+        self._arrays = arrays
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        view = self._arrays[name].view()
+        view.flags.writeable = False
+        return view
+
+    def __iter__(self):
+        return iter(self._arrays)
+
+    def __len__(self) -> int:
+        return len(self._arrays)
+
+    def __contains__(self, name) -> bool:
+        return name in self._arrays
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{k!r}: {v.dtype}{list(v.shape)}" for k, v in self._arrays.items())
+        return f"Params({{{inner}}})"
+
+    def __setitem__(self, name, value):
+        raise TypeError(f"model.params is read-only: set {name!r} with model.load_params("
+                        f"{{{name!r}: array}}, strict=False)")
+
+    def __delitem__(self, name):
+        raise TypeError(f"model.params is read-only: parameter {name!r} cannot be deleted "
+                        f"(model.load_params(mapping) sets weights)")
+
+    def _refuse(self, *args, **kw):
+        raise TypeError("model.params is read-only: model.load_params(mapping, strict=True) "
+                        "is the only way weights go in")
+
+    update = pop = popitem = clear = setdefault = __ior__ = _refuse
+
+
+def writable(params) -> dict[str, np.ndarray]:
+    """The arrays behind ``params`` (a Params or a plain dict), for the code that updates
+    weights in place (optimizers): the one private write path."""
+    return params._arrays if isinstance(params, Params) else params
+
+
+def check_param_sizes(shapes: dict[str, tuple], dtype: str) -> None:
+    """Refuse parameters too big to allocate, naming the biggest, before allocating."""
+    sizes = {p: int(np.prod(s, dtype=np.float64)) for p, s in shapes.items()}
+    total = sum(sizes.values())
+    if total > MAX_PARAM_ELEMENTS:
+        big = max(sizes, key=sizes.get)
+        nbytes = total * np.dtype(dtype).itemsize
+        raise ValueError(f"parameter '{big}' is {tuple(shapes[big])} = {sizes[big]:,} elements "
+                         f"and the model's {len(sizes)} parameters total {total:,} "
+                         f"({nbytes / 2**30:.1f} GiB of {dtype}): more than the bound of "
+                         f"{MAX_PARAM_ELEMENTS:,} elements (rnn.model.MAX_PARAM_ELEMENTS, "
+                         f"2 GiB of float64) a Model allocates; check the cell's sizes")
 
 
 def _suffix(name: str, k: int) -> str:
@@ -72,29 +150,41 @@ class Model:
                             f"{type(cell).__name__}")
         if len(cell.inputs) != 1:
             raise ValueError(f"a Model's cell takes one input, this one has {list(cell.inputs)}")
-        if not isinstance(layers, int) or layers < 1:
-            raise ValueError(f"layers must be a positive int, got {layers!r}")
-        if head is not None and (not isinstance(head, int) or head < 1):
-            raise ValueError(f"head is the output size of a dense layer (an int), got {head!r}")
-        if np.dtype(dtype).kind != "f":
-            raise DTypeError(f"dtype must be float32 or float64, got {dtype}")
+        layers = positive_int("layers", layers)
+        if head is not None:
+            if isinstance(head, bool) or not isinstance(head, numbers.Integral) or head < 1:
+                raise ValueError(f"head is the output size of a dense layer (a positive int) "
+                                 f"or None, got {head!r}")
+            head = int(head)
+        dtype = check_dtype_name(dtype)
         unknown = set(learn_initial) - set(cell.states)
         if unknown:
             raise ValueError(f"learn_initial names {sorted(unknown)}; the cell's states are "
                              f"{list(cell.states)}")
         self.cell, self.layers, self.head = cell, layers, head
         self.learn_initial = tuple(learn_initial)
-        self.dtype = str(np.dtype(dtype))
+        self.dtype = dtype
         self.full = stack_cells(cell, layers, head)
         self.input_size = next(iter(cell.inputs.values()))
         self.output_size = self.full.shapes[self.full.outputs[0]][0]
         self._layer_names: dict[str, tuple[str, ...]] = {}
-        self.params = self.init_params(seed)
+        check_param_sizes(self.full.params, dtype)
+        self._params = self.init_params(seed)  # the weights; model.params is a read-only view
         self._programs: dict[tuple, tuple[Program, Unrolled]] = {}
         self._plans: dict[bool, Plan | None] = {}
 
+    @property
+    def params(self) -> Params:
+        """{name: array}, read-only (arrays too): ``load_params`` sets weights."""
+        return Params(self._params)
+
+    @params.setter
+    def params(self, value):
+        raise TypeError("model.params is read-only: model.load_params(mapping, strict=True) "
+                        "is the only way weights go in")
+
     def __repr__(self):
-        n = sum(p.size for p in self.params.values())
+        n = sum(p.size for p in self._params.values())
         return (f"Model({self.input_size} -> {self.output_size}, layers={self.layers}, "
                 f"head={self.head}, states={list(self.cell.states)}, {n} parameters, "
                 f"{self.dtype})")
@@ -120,30 +210,34 @@ class Model:
         parameter's shape and the model's dtype (no silent cast) and be finite; with
         ``strict``, the names must be exactly the model's. Nothing is set unless all of
         it is right: an error names the parameter."""
+        for k, a in self._checked_params(mapping, strict).items():
+            np.copyto(self._params[k], a)
+
+    def _checked_params(self, mapping, strict: bool) -> dict[str, np.ndarray]:
+        """``mapping`` as {name: array}, checked as ``load_params`` says; sets nothing."""
         if not hasattr(mapping, "items"):
             raise TypeError(f"load_params takes a mapping of names to arrays, got "
                             f"{type(mapping).__name__}")
         mapping = dict(mapping)
-        unknown = sorted(set(mapping) - set(self.params))
-        missing = sorted(set(self.params) - set(mapping))
+        unknown = sorted(set(mapping) - set(self._params))
+        missing = sorted(set(self._params) - set(mapping))
         if unknown:
             raise ValueError(f"no parameter named {unknown[0]!r} in this model (it has "
-                             f"{sorted(self.params)})")
+                             f"{sorted(self._params)})")
         if strict and missing:
             raise ValueError(f"parameter {missing[0]!r} is missing (strict=True needs all of "
-                             f"{sorted(self.params)})")
+                             f"{sorted(self._params)})")
         new = {}
         for k, v in mapping.items():
             a = np.asarray(v)
-            want = self.params[k].shape
+            want = self._params[k].shape
             if a.shape != want:
                 raise ShapeError(f"parameter '{k}' must be {want}, got {a.shape}")
             self.check_dtype(f"parameter '{k}'", a)
             if not all_finite(a):
                 raise ValueError(f"parameter '{k}' holds NaN or inf values")
             new[k] = a
-        for k, a in new.items():
-            np.copyto(self.params[k], a)
+        return new
 
     def save(self, path) -> Path:
         """Write the model (the cell's equations and the weights) to a safetensors file,
@@ -230,7 +324,7 @@ class Model:
         for s in self.learn_initial:
             for name in self.layer_names(s):
                 env.setdefault(name, np.broadcast_to(
-                    self.params[f"init_{name}"], (B, self.cell.states[s])))
+                    self._params[f"init_{name}"], (B, self.cell.states[s])))
         for name, w in widths.items():
             if name not in env:
                 env[name] = np.zeros((B, w), self.dtype)
@@ -252,7 +346,7 @@ class Model:
         return self._programs[key]
 
     def feed(self, un: Unrolled, xs: np.ndarray, initial_state=None, mask=None) -> dict:
-        env = {p: v for p, v in self.params.items() if not p.startswith("init_")}
+        env = {p: v for p, v in self._params.items() if not p.startswith("init_")}
         (x,) = self.full.inputs
         for t in range(xs.shape[1]):
             env[f"{x}@{t}"] = xs[:, t]
@@ -287,13 +381,13 @@ class Model:
         return feed, init
 
     def step_params(self, plan) -> dict[str, np.ndarray]:
-        return {p: self.params[p] for p in plan.step.params}
+        return {p: self._params[p] for p in plan.step.params}
 
     def forward(self, xs, initial_state=None, mask=None, executor: str = "compiled"):
         """Run the model: xs (B, T, I) -> ys (B, T, O) and the final state of every layer."""
         check_executor(executor)
         xs = self.check_xs(xs)
-        mask = check_mask(mask, xs.shape[:2], self.dtype)
+        mask = check_mask(mask, xs.shape[:2], self.dtype, self.full)
         names = [n for s in self.cell.states for n in self.layer_names(s)]
         plan = self.plan(mask is not None) if executor == "compiled" else None
         if plan is not None:
@@ -312,9 +406,12 @@ class Model:
     __call__ = forward
 
 
-def check_mask(mask, bt, dtype):
+def check_mask(mask, bt, dtype, cell=None):
+    """``mask`` as a (B, T) array of 0/1 in ``dtype``, or a clear error."""
     if mask is None:
         return None
+    if cell is not None:
+        check_mask_name(cell)
     mask = np.asarray(mask)
     if mask.shape != tuple(bt):
         raise ShapeError(f"mask must be (B, T) = {tuple(bt)}, got {mask.shape}")

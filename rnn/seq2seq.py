@@ -22,9 +22,9 @@ from engine.ir import Eqn, Program, Var
 from .bptt import BPTTResult
 from .lang.cell import Cell
 from .losses import add_loss, check_targets, loss_weights
-from .model import Model
+from .model import Model, Params
 from .program.executor import REFERENCE, check_executor
-from .program.unroll import Unrolled, unroll
+from .program.unroll import Unrolled, positive_int, unroll
 
 
 def prefixed(prog: Program, prefix: str, rename: dict[str, Var] | None = None) -> Program:
@@ -58,6 +58,7 @@ class Seq2Seq:
 
     def __init__(self, encoder: Cell, decoder: Cell, head: int, out_steps: int,
                  bridge: dict[str, str] | None = None, dtype: str = "float64", seed: int = 0):
+        out_steps = positive_int("out_steps", out_steps)
         self.encoder = Model(encoder, head=None, dtype=dtype, seed=seed)
         self.decoder = Model(decoder, head=head, dtype=dtype, seed=seed + 1)
         self.bridge = bridge or {s: s for s in decoder.states if s in encoder.states}
@@ -70,9 +71,40 @@ class Seq2Seq:
                                  f"{encoder.states[e]} differ")
         self.out_steps, self.dtype = out_steps, self.encoder.dtype
         self.input_size, self.output_size = self.encoder.input_size, self.decoder.output_size
-        self.params = {**{f"encoder.{k}": v for k, v in self.encoder.params.items()},
-                       **{f"decoder.{k}": v for k, v in self.decoder.params.items()}}
+        # the sub-models' own arrays: an optimizer's in-place update reaches both
+        self._params = {**{f"encoder.{k}": v for k, v in self.encoder._params.items()},
+                        **{f"decoder.{k}": v for k, v in self.decoder._params.items()}}
         self._programs: dict[tuple, tuple] = {}
+
+    @property
+    def params(self) -> Params:
+        """{"encoder.name" / "decoder.name": array}, read-only: ``load_params`` sets them."""
+        return Params(self._params)
+
+    @params.setter
+    def params(self, value):
+        raise TypeError("model.params is read-only: model.load_params(mapping, strict=True) "
+                        "is the only way weights go in")
+
+    def load_params(self, mapping, strict: bool = True) -> None:
+        """Set weights from {"encoder.name" / "decoder.name": array}, checked as
+        ``Model.load_params`` checks them; nothing is set unless all of it is right."""
+        if not hasattr(mapping, "items"):
+            raise TypeError(f"load_params takes a mapping of names to arrays, got "
+                            f"{type(mapping).__name__}")
+        parts: dict[str, dict] = {"encoder": {}, "decoder": {}}
+        for k, v in mapping.items():
+            part, dot, name = str(k).partition(".")
+            if part not in parts or not dot:
+                raise ValueError(f"no parameter named {k!r} in this model (names start with "
+                                 f"'encoder.' or 'decoder.')")
+            parts[part][name] = v
+        new = {part: getattr(self, part)._checked_params(sub, strict)  # both, then set
+               for part, sub in parts.items()}
+        self._sync()
+        for part, arrays in new.items():
+            for k, a in arrays.items():
+                np.copyto(getattr(self, part)._params[k], a)
 
     def __repr__(self):
         return (f"Seq2Seq(encoder={self.encoder!r}, decoder={self.decoder!r}, "
@@ -142,11 +174,12 @@ class Seq2Seq:
     __call__ = forward
 
     def _sync(self):
-        """Model.params stays the one source: the sub-models read their slices of it."""
-        for k in self.encoder.params:
-            self.encoder.params[k] = self.params[f"encoder.{k}"]
-        for k in self.decoder.params:
-            self.decoder.params[k] = self.params[f"decoder.{k}"]
+        """``self._params`` stays the one source: the sub-models read their slices of it
+        (a gradient check swaps in other arrays by rebinding ``_params``)."""
+        for k in self.encoder._params:
+            self.encoder._params[k] = self._params[f"encoder.{k}"]
+        for k in self.decoder._params:
+            self.decoder._params[k] = self._params[f"decoder.{k}"]
 
     def bptt(self, xs, targets, loss: str = "mse", at: str = "all", executor="compiled",
              **unsupported) -> BPTTResult:
@@ -170,7 +203,7 @@ class Seq2Seq:
         ex = REFERENCE
         vals = ex.forward(prog, env)
         adj = ex.backward(prog, vals, {"loss": np.ones((), self.dtype)})
-        grads = {k: adj.get(k, np.zeros_like(v)) for k, v in self.params.items()}
+        grads = {k: adj.get(k, np.zeros_like(v)) for k, v in self._params.items()}
         ys = np.stack([vals[v.name] for v in un.outputs()], axis=1)
         return BPTTResult(float(vals["loss"]), grads, {}, {}, ys, {})
 
@@ -191,7 +224,7 @@ class Seq2Seq:
             seed[-1] += dginit[f"{d}_l0"]
         egrads = enc.backward(evals, seeds, self.encoder.step_params(enc), einit)[0]
         grads = {f"encoder.{k}": egrads.get(k, np.zeros_like(v))
-                 for k, v in self.encoder.params.items()}
+                 for k, v in self.encoder._params.items()}
         grads.update({f"decoder.{k}": dgrads.get(k, np.zeros_like(v))
-                      for k, v in self.decoder.params.items()})
+                      for k, v in self.decoder._params.items()})
         return BPTTResult(lval, grads, {}, {}, dvals[out].transpose(1, 0, 2), {})

@@ -320,8 +320,8 @@ def test_unroll_ten_thousand_steps_does_not_recurse():
 def test_learned_initial_states():
     m = Model(cells.lstm(2, 3), layers=2, head=1, learn_initial=("h", "c"), seed=5)
     assert m.params["init_c_l1"].shape == (3,) and not m.params["init_h_l0"].any()
-    m.params["init_h_l0"][:] = [0.3, -0.2, 0.1]
-    m.params["init_c_l1"][:] = [-0.4, 0.5, 0.2]
+    m.load_params({"init_h_l0": np.array([0.3, -0.2, 0.1]),
+                   "init_c_l1": np.array([-0.4, 0.5, 0.2])}, strict=False)
     xs, ys = data(3, 4, 2, 1)
     check_bptt(m, xs, ys)  # the init_* vectors are parameters like the others
     res = rnn.bptt(m, xs, ys)

@@ -128,15 +128,15 @@ def check_bptt(model, xs, targets, *, initial_state=None, max_per_input: int = 1
         shape = (B, H) if model.layers == 1 else (model.layers, B, H)
         init.setdefault(s, np.random.default_rng(1).uniform(-0.5, 0.5, shape))
     snames = list(init)
-    saved = dict(model.params)
+    saved = dict(model._params)  # the private write path: perturbed copies swapped in
 
     def run(*arrays):
-        model.params = dict(zip(names, arrays[:len(names)]))
+        model._params = dict(zip(names, arrays[:len(names)]))
         state = dict(zip(snames, arrays[len(names):]))
         try:
             return rnn.bptt(model, xs, targets, initial_state=state, **bptt_kw)
         finally:
-            model.params = saved
+            model._params = saved
 
     def fun(*arrays):
         return np.array(run(*arrays).loss)

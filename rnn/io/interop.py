@@ -21,30 +21,59 @@ def _np(v) -> np.ndarray:
     return np.array(v)
 
 
-def from_torch(kind: str, state_dict: dict, num_layers: int = 1, head: int | None = None,
-               seed: int = 0) -> Model:
-    """A Model holding the weights of an ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN`` state_dict."""
+def _torch_layers(sd: dict) -> int:
+    """How many layers a state_dict holds: weight_ih_l0, weight_ih_l1, ... (no gaps)."""
+    k = 0
+    while f"weight_ih_l{k}" in sd:
+        k += 1
+    return k
+
+
+def from_torch(kind: str, state_dict: dict, num_layers: int | None = None,
+               head: int | None = None, seed: int = 0) -> Model:
+    """A Model holding the weights of an ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN`` state_dict.
+
+    The number of layers is read from the keys (``num_layers``, if given, must agree).
+    Every key must be used: a key this model has no place for (``_reverse`` weights of a
+    bidirectional module, ``weight_hr`` of proj_size, a stray name) is an error naming it.
+    """
     if kind not in GATES:
         raise ValueError(f"kind must be one of {sorted(GATES)}, got {kind!r}")
+    if not hasattr(state_dict, "items"):
+        raise TypeError(f"state_dict must be a mapping of names to arrays, got "
+                        f"{type(state_dict).__name__}")
     sd = {k: _np(v) for k, v in state_dict.items()}
     if "weight_ih_l0" not in sd:
         raise ValueError(f"state_dict has no 'weight_ih_l0'; got keys {sorted(sd)[:6]}")
+    layers = _torch_layers(sd)
+    if num_layers is not None and num_layers != layers:
+        raise ValueError(f"num_layers={num_layers!r} but the state_dict holds {layers} "
+                         f"layer(s) (weight_ih_l0 .. weight_ih_l{layers - 1})")
     G = GATES[kind]
     gh, I = sd["weight_ih_l0"].shape
     H = gh // G
     cell = cells.BUILTINS[kind](I, H)
-    model = Model(cell, layers=num_layers, head=head, dtype=str(sd["weight_ih_l0"].dtype),
+    model = Model(cell, layers=layers, head=head, dtype=str(sd["weight_ih_l0"].dtype),
                   seed=seed)
-    for name in model.params:
-        if name.startswith(("head_", "init_")):
-            continue
+    wanted = [n for n in model.params if not n.startswith(("head_", "init_"))]
+    for key in sorted(set(sd) - set(wanted)):
+        if key.endswith("_reverse"):
+            why = "a bidirectional module's reverse direction is not supported"
+        elif key.startswith("weight_hr"):
+            why = "proj_size (weight_hr) is not supported"
+        else:
+            why = f"a {kind} of {layers} layer(s) has {wanted}"
+        raise ValueError(f"state_dict key {key!r} is not used ({why}); nothing was loaded")
+    new = {}
+    for name in wanted:
         if name not in sd:
-            raise ValueError(f"state_dict lacks '{name}' (num_layers={num_layers}; bias=False "
+            raise ValueError(f"state_dict lacks '{name}' (layers={layers}; bias=False "
                              f"layers are not supported)")
         if sd[name].shape != model.params[name].shape:
             raise ValueError(f"'{name}' is {sd[name].shape}, expected "
                              f"{model.params[name].shape}")
-        model.params[name] = sd[name].astype(model.dtype)
+        new[name] = sd[name].astype(model.dtype)
+    model.load_params(new, strict=False)
     return model
 
 
@@ -90,5 +119,6 @@ def from_keras(kind: str, weights, reset_after: bool = True, seed: int = 0) -> M
         if v.shape != m.params[k].shape:
             raise ValueError(f"Keras weights give {k} of shape {v.shape}, expected "
                              f"{m.params[k].shape}")
-        m.params[k] = np.ascontiguousarray(v, dtype=m.dtype)
+    m.load_params({k: np.ascontiguousarray(v, dtype=m.dtype) for k, v in p.items()},
+                  strict=False)
     return m

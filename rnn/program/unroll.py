@@ -9,17 +9,77 @@ never recurses, so T = 10,000 is just a longer program.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, replace
 from functools import partial
 
 import networkx as nx
+import numpy as np
 
+from engine.errors import DTypeError
 from engine.ir import Builder, Eqn, Program, Var, run_passes
 
 from ..lang.cell import Cell
 from ..lang.parse import Ref
 
 FULL = (None, None, None)
+
+# The unrolled program is the node-by-node teaching form: about 400 bytes of IR per node,
+# and the reference interpreter keeps a value per node. Past a few million nodes it is
+# the wrong tool (the compiled loops run any T); refuse before allocating.
+MAX_NODES = 1 << 22  # 4,194,304 nodes of the unrolled program
+MASK = "mask"  # the name of the ragged-batch mask input (rnn/program/loop.py uses it too)
+
+
+def positive_int(name: str, value) -> int:
+    """``value`` as an int >= 1: any integer (numpy's too), never a bool or a float."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def check_dtype_name(dtype) -> str:
+    """'float32' or 'float64' (what every kernel is written for), or a DTypeError."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt not in (np.float32, np.float64):
+        name = dtype if isinstance(dtype, str) else getattr(dtype, "__name__", str(dtype))
+        got = repr(name) if dt is None or str(dt) == name else f"{name!r} ({dt})"
+        raise DTypeError(f"dtype must be 'float32' or 'float64', got {got}")
+    return str(dt)
+
+
+def check_mask_name(cell, what: str = "mask=") -> None:
+    """A cell variable named ``mask`` would be declared twice next to the ragged-batch
+    mask, which is an input of that name in the unrolled program and the loops."""
+    names = set(cell.inputs) | set(cell.states) | set(cell.params) | {nd.out for nd in
+                                                                      cell.nodes}
+    if MASK in names:
+        raise ValueError(f"{what} adds an input named '{MASK}' to the unrolled program, and "
+                         f"this cell already has a variable named '{MASK}': it would be "
+                         f"declared twice; rename the cell's '{MASK}' (e.g. 'm'), or leave "
+                         f"{what} out")
+
+
+def program_size(cell, steps: int, masked: bool = False) -> int:
+    """The number of nodes (inputs and equations) of ``cell`` unrolled over ``steps``."""
+    per_step = len(cell.nodes) + len(cell.inputs)
+    if masked:  # the mask, and a blend (3 more nodes) per state and output
+        per_step += 1 + 3 * len(set(cell.states) | set(cell.outputs))
+    return steps * per_step + len(cell.params) + len(cell.states) + len(cell.inputs)
+
+
+def check_program_size(cell, steps: int, masked: bool = False) -> None:
+    n = program_size(cell, steps, masked)
+    if n > MAX_NODES:
+        raise ValueError(f"unrolling {steps:,} steps of a cell of {len(cell.nodes)} nodes "
+                         f"makes a program of {n:,} nodes, more than the {MAX_NODES:,} the "
+                         f"unrolled (node-by-node) form allows "
+                         f"(rnn.program.unroll.MAX_NODES): use fewer steps, or the compiled "
+                         f"executor (rnn.bptt / Model.forward with executor='compiled'), "
+                         f"whose memory does not grow with the program")
 
 
 def lower(cell: Cell, node) -> tuple[str, dict]:
@@ -84,8 +144,16 @@ def unroll(cell, steps: int, *, dtype: str = "float64", masked: bool = False,
     True
     """
     cell = getattr(cell, "full", cell)  # a Model unrolls its stacked cell
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    if not isinstance(cell, Cell):
+        raise TypeError(f"unroll takes a Cell (e.g. rnn.cells.lstm(1, 16)) or a Model, got "
+                        f"{type(cell).__name__}")
+    steps = positive_int("steps", steps)
+    if truncate is not None:
+        truncate = positive_int("truncate", truncate)
+    dtype = check_dtype_name(dtype)
+    if masked:
+        check_mask_name(cell, "masked=True")
+    check_program_size(cell, steps, masked)
     b = Builder(dtype)
     params = {p: b.input(p, s, node=p) for p, s in cell.params.items()}
     xs = {x: [b.input(f"{x}@{t}", ("B", n), node=x, step=t) for t in range(steps)]
@@ -96,7 +164,7 @@ def unroll(cell, steps: int, *, dtype: str = "float64", masked: bool = False,
     blend = set(cell.states)
     masks = None
     if masked:
-        masks = [b.input(f"mask@{t}", ("B", 1), node="mask", step=t) for t in range(steps)]
+        masks = [b.input(f"{MASK}@{t}", ("B", 1), node=MASK, step=t) for t in range(steps)]
         blend |= set(cell.outputs)
         for o in cell.outputs:
             if o not in init:

@@ -14,9 +14,12 @@ import numpy as np
 
 from engine.errors import all_finite
 
-from ..bptt import bptt
+from ..bptt import bptt, check_model
 from ..io import files
-from ..model import Model
+from ..losses import check_loss
+from ..model import Model, check_mask, writable
+from ..program.executor import check_executor
+from ..program.unroll import positive_int
 from .optim import Adam, NonFiniteError
 
 
@@ -115,10 +118,7 @@ class Progress:
         sys.stderr.flush()
 
 
-def _count(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
+_count = positive_int
 
 
 def _clip(name: str, value) -> float | None:
@@ -157,11 +157,14 @@ def fit(model: Model, xs, ys, loss: str = "mse", optimizer=None, epochs: int = 1
     with the same weights and history, bit for bit, as a run that was never stopped,
     wherever it was killed. A checkpoint of other data or settings is refused.
     """
+    check_model(model, "fit")
     epochs = _count("epochs", epochs)
     batch_size = _count("batch_size", batch_size)
     clip_norm, clip_value = _clip("clip_norm", clip_norm), _clip("clip_value", clip_value)
     if on_nonfinite not in ("raise", "skip"):
         raise ValueError(f"on_nonfinite must be 'raise' or 'skip', got {on_nonfinite!r}")
+    check_executor(executor)
+    check_loss(loss, at)
     optimizer = optimizer or Adam(lr=1e-2)
     if hasattr(optimizer, "check"):
         optimizer.check()
@@ -169,6 +172,8 @@ def fit(model: Model, xs, ys, loss: str = "mse", optimizer=None, epochs: int = 1
     ys = np.asarray(ys)
     if len(ys) != len(xs):
         raise ValueError(f"xs has {len(xs)} sequences but ys has {len(ys)}")
+    if mask is not None:  # checked whole here; each batch gets its rows
+        check_mask(mask, xs.shape[:2], model.dtype, getattr(model, "full", None))
     if checkpoint_every is not None:
         checkpoint_every = _count("checkpoint_every", checkpoint_every)
     rng = np.random.default_rng(seed)
@@ -208,7 +213,7 @@ def fit(model: Model, xs, ys, loss: str = "mse", optimizer=None, epochs: int = 1
                                          f"updated")
                 _scale_to(res.grads, clip_norm, norm)
                 clip_grad_value(res.grads, clip_value)
-                optimizer.step(model.params, res.grads)
+                optimizer.step(writable(model.params), res.grads)
             except NonFiniteError as e:
                 if on_nonfinite == "skip":
                     hist.skipped.append((epoch + 1, start // batch_size + 1))

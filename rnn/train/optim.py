@@ -16,6 +16,8 @@ import numpy as np
 
 from engine.errors import UnrollError, all_finite
 
+from ..model import writable
+
 
 class NonFiniteError(UnrollError, FloatingPointError):
     """A loss, a gradient or an update that is not finite; nothing was written."""
@@ -68,7 +70,10 @@ class Optimizer:
 
     def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray]) -> None:
         """Update ``params`` in place from ``grads``. A non-finite gradient, new parameter
-        or new state raises NonFiniteError and leaves parameters and state untouched."""
+        or new state raises NonFiniteError and leaves parameters and state untouched.
+        ``params`` may be a model's read-only ``model.params``: an optimizer is one of the
+        few writers it has (rnn.model.writable)."""
+        params = writable(params)
         self.check()
         with np.errstate(all="ignore"):  # checked below, whatever the caller's errstate
             new, state = self._update(params, grads)
