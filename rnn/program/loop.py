@@ -26,6 +26,7 @@ import math
 import os
 import re
 import time
+from collections import ChainMap
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,6 +158,7 @@ class Loop:
     bwd_args: list = field(default_factory=list)
     src: str = ""
     flops: int = 0  # of the GEMMs of one step, per example
+    rings: dict = field(default_factory=dict)  # value -> (steps, width) of its cotangent ring
 
 
 def groups_of(step: Step) -> list:
@@ -318,6 +320,7 @@ class _Emit:
                         if n.args[i].kind in ("node", "input")
                         and n.args[i].name not in self.names}
         self.lits: dict[float, str] = {}  # number literal -> its module constant
+        self.windowed: set[str] = set()  # outside values given a window of steps (Plan)
         self.ring = {}  # in-group value read with delays -> ring length (max delay + 1)
         for name, d in self.delayed:
             if name in self.names:
@@ -396,12 +399,12 @@ class _Emit:
     # -------------------------------------------------------------- forward
     def forward(self) -> str:
         grp = self.grp
-        lines = [f"{JIT}", f"def forward(T, B, {', '.join(self.fwd_sig())}):"]
+        lines = [f"{JIT}", f"def forward(T0, T1, B, OFF, {', '.join(self.fwd_sig())}):"]
         body = []
         for n in grp.nodes:
             if n.out in self.array and n.out not in grp.stored:
                 body.append(f"S{self.idx[n.out]} = np.empty((B, {n.width}), _F)")
-        body.append("for t in range(T):")
+        body.append("for t in range(T0, T1):")
         loop = self.reads()
         for seg in self.segments:
             for n in seg:
@@ -450,14 +453,19 @@ class _Emit:
 
     def reads(self, backward: bool = False) -> list[str]:
         """The per-step locals of outside values read now, and of delayed values."""
-        out = [f"re{k} = E{k}[t]" for name, k in self.ext.items() if self.read_now(name)
-               and (not backward or name in self.bwd_ext)]
+        out = [f"re{k} = E{k}[{self.now(name)}]" for name, k in self.ext.items()
+               if self.read_now(name) and (not backward or name in self.bwd_ext)]
         for name, d in sorted(self.delayed):
             if backward and name in self.ext and name not in self.bwd_ext:
                 continue
             out.append(f"{self.local(Arg('node', name, d))} = {self.arr(name)}[t - {d}] "
                        f"if t >= {d} else I_{self.tag(name)}")
         return out
+
+    def now(self, name) -> str:
+        """The index of step t in an outside value's array: a value the plan computes a
+        window of steps at a time holds steps OFF.. only."""
+        return "t - OFF" if name in self.windowed else "t"
 
     def read_now(self, name) -> bool:
         return any(a.name == name and not a.delay for n in self.grp.nodes for a in n.args)
@@ -512,6 +520,8 @@ class _Emit:
                   if n.op == "matvec"]
         roles += [(f"NORM{self.idx[n.out]}", ("norm", n.out)) for n in grp.nodes
                   if n.out in self.step.states]
+        # the cotangents sent to earlier steps: they outlive a call over a window
+        roles += [(f"C{self.idx[name]}", ("ring", name)) for name in self.ring]
         roles += [(f"KEEP{self.idx[n.out]}", ("keep", n.out)) for n in grp.nodes
                   if n.out in self.step.states]
         grp.bwd_args = [r for _, r in roles]
@@ -522,7 +532,7 @@ class _Emit:
 
     def backward(self) -> str:
         step, grp = self.step, self.grp
-        sig = ["T", "B", "K", "KEEP_ADJ", "CH"] + self.bwd_sig()
+        sig = ["T", "T0", "T1", "B", "K", "KEEP_ADJ", "CH", "OFF"] + self.bwd_sig()
         lines = [JIT, f"def backward({', '.join(sig)}):"]
         body = []
         for n in grp.nodes:
@@ -531,18 +541,16 @@ class _Emit:
                 body.append(f"g{i} = np.empty((B, {n.width}), _F)")
             if n.out in step.states and n.op in ELEMENTWISE | {"slice"}:
                 body.append(f"N{i} = np.zeros({n.width})")  # its norm's partial sums
-        for name, R in self.ring.items():
-            i = self.idx[name]
-            body += [f"C{i} = np.zeros(({R}, B, {step.widths[name]}), _F)",
-                     f"J{i} = np.empty((B, {step.widths[name]}), _F)"]
+        for name in self.ring:
+            body.append(f"J{self.idx[name]} = np.empty((B, {step.widths[name]}), _F)")
         for name, k in self.ext.items():
             if self._ext_kind(name) == "node" and any(
                     d for nm, d in self.delayed if nm == name):
                 body.append(f"Je{k} = np.empty((B, {step.widths[name]}), _F)")
-        body.append("for t in range(T - 1, -1, -1):")
+        body.append("for t in range(T1 - 1, T0 - 1, -1):")
         loop = ["kt = t if KEEP_ADJ else 0"] + self.reads(backward=True)  # KEEP: (1, B, w)
         # where the cotangents of outside values read now and of delayed values go
-        loop += [f"ce{k} = EG{k}[t]" for name, k in self.ext.items()
+        loop += [f"ce{k} = EG{k}[{self.now(name)}]" for name, k in self.ext.items()
                  if self.read_now(name) and self._ext_kind(name) == "node"]
         for name, d in sorted(self.delayed):
             tag = self.tag(name)
@@ -715,20 +723,24 @@ class Plan:
         self.max_weight = max((int(np.prod(step.params[n.args[0].name])) for n in step.nodes
                                if n.op == "matvec"), default=0)
         self.needed = _needed(step, self.groups)
-        for grp in self.groups:
-            if isinstance(grp, Loop):
-                em = _Emit(step, grp)
-                self.needed |= em.bwd_ext
-                symbol = blas.gemm_symbol(self.dtype)
-                head = PRELUDE.format(dtype=self.dtype.name, kernels_hash=_KERNELS_HASH) + (
-                    GEMM_BLAS.format(symbol=symbol) if symbol else GEMM_NUMPY)
-                fwd, bwd = em.forward(), em.backward()
-                consts = "".join(f"{k} = _F({v!r})\n" for v, k in em.lits.items())
-                grp.src = head + consts + "\n\n" + fwd + "\n\n" + bwd
-                mod = cache.load(grp.src, "loop")
-                grp.flops = sum(2 * np.prod(step.params[n.args[0].name]) for n in grp.nodes
-                                if n.op == "matvec")
-                grp.forward, grp.backward = mod.forward, mod.backward
+        emit = {k: _Emit(step, g) for k, g in enumerate(self.groups) if isinstance(g, Loop)}
+        for em in emit.values():
+            self.needed |= em.bwd_ext
+        self.feeders = _feeders(step, self.groups, self.needed)
+        for k, em in emit.items():
+            grp = em.grp
+            em.windowed = {n.out for n in self.feeders.get(k, ())} & set(em.ext)
+            grp.rings = {name: (R, step.widths[name]) for name, R in em.ring.items()}
+            symbol = blas.gemm_symbol(self.dtype)
+            head = PRELUDE.format(dtype=self.dtype.name, kernels_hash=_KERNELS_HASH) + (
+                GEMM_BLAS.format(symbol=symbol) if symbol else GEMM_NUMPY)
+            fwd, bwd = em.forward(), em.backward()
+            consts = "".join(f"{c} = _F({v!r})\n" for v, c in em.lits.items())
+            grp.src = head + consts + "\n\n" + fwd + "\n\n" + bwd
+            mod = cache.load(grp.src, "loop")
+            grp.flops = sum(2 * np.prod(step.params[n.args[0].name]) for n in grp.nodes
+                            if n.op == "matvec")
+            grp.forward, grp.backward = mod.forward, mod.backward
 
     def summary(self) -> str:
         """The plan, a line per group: sweeps over all T, and each loop's nodes."""
@@ -763,27 +775,70 @@ class Plan:
     def _forward(self, xs, params, init):
         T, B = next(iter(xs.values())).shape[:2]
         vals = dict(xs)
-        for grp in self.groups:
+        windows = self._windows(T, B)
+        for k, grp in enumerate(self.groups):
             if isinstance(grp, Sweep):
-                n = grp.node
-                args = [self._operand(a, vals, params, init, T, B) for a in n.args]
-                op, kw = OPS[n.op], n.kw
-                if n.out in self.inplace:  # write over an operand nobody reads again
-                    y = INPLACE[n.op](*args, out=args[0])
-                else:
-                    with _threads.gemm(_flops(n, T * B, params)):
-                        y = op.forward(*args, **kw)
-                if y.shape != (T * B, n.width):  # a value of parameters alone
-                    y = np.broadcast_to(y, (T * B, n.width))
-                # C order: a loop reading a strided view (a slice's) does not vectorize
-                vals[n.out] = np.ascontiguousarray(y).reshape(T, B, n.width)
+                if grp.node.out not in self.deferred(windows):
+                    self._sweep(grp.node, vals, params, init, T, B)
                 continue
             for n in grp.nodes:
                 if n.out in grp.stored:
                     vals[n.out] = np.empty((T, B, n.width), self.dtype)
-            with _threads.gemm(grp.flops * B):
-                grp.forward(T, B, *self._args(grp.fwd_args, vals, params, init, {}, T, B))
+            for T0, T1 in windows.get(k, [(0, T)]):
+                cur = vals
+                if T1 - T0 < T:  # its feeders over steps T0..T1-1 only
+                    win = self._window(self.feeders[k], vals, T0, T1)
+                    for n in self.feeders[k]:
+                        self._sweep(n, win, params, init, T1 - T0, B)
+                    cur = ChainMap({n.out: win[n.out] for n in self.feeders[k]}, vals)
+                with _threads.gemm(grp.flops * B):
+                    grp.forward(T0, T1, B, T0, *self._args(grp.fwd_args, cur, params, init,
+                                                           {}, T, B))
+        for name in self.deferred(windows):  # never held for all T: a zero stands in
+            vals[name] = np.broadcast_to(np.zeros((), self.dtype),
+                                         (T, B, self.step.widths[name]))
         return vals
+
+    def _sweep(self, n, vals, params, init, T, B):
+        """Sweep node ``n`` over T steps of ``vals``, into ``vals[n.out]``."""
+        args = [self._operand(a, vals, params, init, T, B) for a in n.args]
+        op, kw = OPS[n.op], n.kw
+        if n.out in self.inplace:  # write over an operand nobody reads again
+            y = INPLACE[n.op](*args, out=args[0])
+        else:
+            with _threads.gemm(_flops(n, T * B, params)):
+                y = op.forward(*args, **kw)
+        if y.shape != (T * B, n.width):  # a value of parameters alone
+            y = np.broadcast_to(y, (T * B, n.width))
+        # C order: a loop reading a strided view (a slice's) does not vectorize
+        vals[n.out] = np.ascontiguousarray(y).reshape(T, B, n.width)
+
+    # ---- windows: a loop's feeders over a window of steps at a time
+    def _windows(self, T: int, B: int) -> dict:
+        """{loop index: [(T0, T1), ...]} for the loops whose feeders would hold more
+        than WINDOW_MIN bytes over all T: windows of about WINDOW bytes of them, whole
+        chunks of the weight-gradient ring each (_chunk). Others: one window, all T."""
+        out = {}
+        for k, feed in self.feeders.items():
+            per_step = B * self.dtype.itemsize * sum(n.width for n in feed)
+            if T * per_step <= WINDOW_MIN:
+                continue
+            CH = _chunk(T, B)
+            W = max(CH, WINDOW // per_step // CH * CH)
+            if W < T:
+                out[k] = [(t, min(t + W, T)) for t in range(0, T, W)]
+        return out
+
+    def deferred(self, windows: dict) -> set:
+        """The sweeps computed a window at a time, inside their loop's turn."""
+        return {n.out for k in windows for n in self.feeders[k]}
+
+    @staticmethod
+    def _window(feed, vals, T0, T1) -> dict:
+        """Views of steps T0..T1-1 of what ``feed`` reads from outside itself."""
+        mine = {n.out for n in feed}
+        return {a.name: vals[a.name][T0:T1] for n in feed for a in n.args
+                if a.kind in ("node", "input") and a.name not in mine}
 
     def _operand(self, a: Arg, vals, params, init, T, B):
         """An operand of a sweep over all T, as (T*B, w) (or a parameter / literal)."""
@@ -843,16 +898,21 @@ class Plan:
                  if s not in self.step.inputs}
         norms, kept = {}, {}
         step = self.step
-        CH = max(1, min(T, -(-WGRAD_ROWS // B)))  # steps per weight-gradient GEMM
+        CH = _chunk(T, B)
+        windows = self._windows(T, B)
+        deferred = self.deferred(windows)
 
         def adj_of(name):
             if name not in adj:
                 adj[name] = np.zeros((T, B, step.widths[name]), self.dtype)
             return self._own(adj, name)
 
-        for grp in reversed(self.groups):
+        for k in range(len(self.groups) - 1, -1, -1):
+            grp = self.groups[k]
             if isinstance(grp, Sweep):
                 n = grp.node
+                if n.out in deferred:  # done window by window in its loop's turn
+                    continue
                 g = adj.get(n.out)
                 if n.out in step.states:
                     gg = g if g is not None else np.zeros((T, B, n.width), self.dtype)
@@ -870,7 +930,7 @@ class Plan:
                     extra[(role, name)] = adj[name] if name in adj else np.zeros(
                         (T, B, w), self.dtype)
                 elif role == "adj":
-                    extra[(role, name)] = adj_of(name)
+                    extra[(role, name)] = None if name in deferred else adj_of(name)
                 elif role == "ginit":
                     extra[(role, name)] = ginit[name]
                 elif role == "gparam":
@@ -883,12 +943,39 @@ class Plan:
                     extra[(role, name)] = kept[name] = (
                         np.zeros((T, B, w), self.dtype) if keep_adjoints
                         else np.empty((1, B, w), self.dtype))
-            args = self._args(grp.bwd_args, vals, params, init, extra, T, B)
-            with _threads.gemm(grp.flops * B):
-                grp.backward(T, B, K, keep_adjoints, CH, *args)
+                elif role == "ring":
+                    extra[(role, name)] = np.zeros((grp.rings[name][0], B, w), self.dtype)
+            for T0, T1 in reversed(windows.get(k, [(0, T)])):
+                feed = self.feeders[k] if T1 - T0 < T else ()
+                wadj = {n.out: np.zeros((T1 - T0, B, n.width), self.dtype) for n in feed
+                        if ("adj", n.out) in extra}
+                extra.update({("adj", name): a for name, a in wadj.items()})
+                args = self._args(grp.bwd_args, vals, params, init, extra, T, B)
+                with _threads.gemm(grp.flops * B):
+                    grp.backward(T, T0, T1, B, K, keep_adjoints, CH, T0, *args)
+                if feed:
+                    self._feeders_backward(feed, wadj, vals, params, init, gparams, ginit,
+                                           adj_of, T0, T1, B)
         if not keep_adjoints:
             kept = {}
         return gparams, ginit, norms, kept
+
+    def _feeders_backward(self, feed, wadj, vals, params, init, gparams, ginit, adj_of,
+                          T0, T1, B):
+        """The feeders' reverse mode over steps T0..T1-1: ``wadj`` holds their adjoints
+        there; what they send outside goes into steps T0..T1-1 of the full adjoints."""
+        win = self._window(feed, vals, T0, T1)
+        mine = {n.out for n in feed}
+        zero = np.zeros((), self.dtype)  # feeders' values: no backward rule reads them
+        win.update({n.out: np.broadcast_to(zero, (T1 - T0, B, n.width)) for n in feed})
+        for n in feed:
+            for a in n.args:
+                if a.kind == "node" and a.name not in mine:
+                    wadj[a.name] = adj_of(a.name)[T0:T1]
+        for n in reversed(feed):
+            if n.out in wadj:
+                self._sweep_backward(n, wadj[n.out], win, params, init, gparams, ginit,
+                                     wadj, 0, T1 - T0, B)
 
     def _own(self, adj, name):
         """adj[name], copied first if it is (a view of) a seed the caller gave."""
@@ -1059,6 +1146,45 @@ _threads = _Threads()
 
 INPLACE = {"add": np.add, "sub": np.subtract, "div": np.divide}
 WGRAD_ROWS = 1024  # rows (steps x batch) of a loop's weight-gradient GEMMs
+# a loop's feeders (an LSTM's input projection, ...) that would hold more than WINDOW_MIN
+# bytes over all T are computed, and their reverse mode run, WINDOW bytes at a time
+WINDOW_MIN, WINDOW = 16 << 20, 4 << 20
+
+
+def _chunk(T: int, B: int) -> int:
+    """Steps per weight-gradient GEMM of a loop's backward (its GMV ring)."""
+    return max(1, min(T, -(-WGRAD_ROWS // B)))
+
+
+def _feeders(step: Step, groups: list, needed: set) -> dict:
+    """{loop index: [sweep nodes, in order]}: for each loop, the sweeps only it reads,
+    directly or through each other, at no delay, that the backward pass does not read
+    and that read nothing with a delay (an LSTM's ``W @ x + b``). Step by step they are
+    the loop's business: they can run a window of steps at a time."""
+    readers: dict[str, set] = {}
+    delayed = set()
+    for k, grp in enumerate(groups):
+        for n in (grp.nodes if isinstance(grp, Loop) else [grp.node]):
+            for a in n.args:
+                if a.kind == "node":
+                    readers.setdefault(a.name, set()).add(k)
+                    if a.delay:
+                        delayed.add(a.name)
+    keep = needed | set(step.outputs) | set(step.states) | delayed
+    out = {}
+    for k, grp in enumerate(groups):
+        if not isinstance(grp, Loop):
+            continue
+        mine = {k}
+        for j in range(k - 1, -1, -1):
+            g = groups[j]
+            if (isinstance(g, Sweep) and g.node.out not in keep and g.node.out in readers
+                    and readers[g.node.out] <= mine
+                    and not any(a.delay for a in g.node.args)):
+                mine.add(j)
+        if len(mine) > 1:
+            out[k] = [groups[j].node for j in sorted(mine - {k})]
+    return out
 
 
 def _needed(step: Step, groups: list) -> set:
