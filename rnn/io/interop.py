@@ -11,6 +11,7 @@ import numpy as np
 
 from ..lang import library as cells
 from ..model import Model
+from ..program.unroll import positive_int
 
 GATES = {"lstm": 4, "gru": 3, "rnn": 1, "elman": 1}
 
@@ -46,7 +47,7 @@ def from_torch(kind: str, state_dict: dict, num_layers: int | None = None,
     if "weight_ih_l0" not in sd:
         raise ValueError(f"state_dict has no 'weight_ih_l0'; got keys {sorted(sd)[:6]}")
     layers = _torch_layers(sd)
-    if num_layers is not None and num_layers != layers:
+    if num_layers is not None and positive_int("num_layers", num_layers) != layers:
         raise ValueError(f"num_layers={num_layers!r} but the state_dict holds {layers} "
                          f"layer(s) (weight_ih_l0 .. weight_ih_l{layers - 1})")
     G = GATES[kind]

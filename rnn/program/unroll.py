@@ -77,9 +77,9 @@ def check_program_size(cell, steps: int, masked: bool = False) -> None:
         raise ValueError(f"unrolling {steps:,} steps of a cell of {len(cell.nodes)} nodes "
                          f"makes a program of {n:,} nodes, more than the {MAX_NODES:,} the "
                          f"unrolled (node-by-node) form allows "
-                         f"(rnn.program.unroll.MAX_NODES): use fewer steps, or the compiled "
-                         f"executor (rnn.bptt / Model.forward with executor='compiled'), "
-                         f"whose memory does not grow with the program")
+                         f"(rnn.program.unroll.MAX_NODES): use fewer steps, or "
+                         f"executor='compiled' (rnn.bptt, Model.forward) with a cell the loop "
+                         f"compiler handles: its cost does not grow with an unrolled program")
 
 
 def lower(cell: Cell, node) -> tuple[str, dict]:
