@@ -96,7 +96,8 @@ def check_param_sizes(shapes: dict[str, tuple], dtype: str) -> None:
                          f"and the model's {len(sizes)} parameters total {total:,} "
                          f"({nbytes / 2**30:.1f} GiB of {dtype}): more than the bound of "
                          f"{MAX_PARAM_ELEMENTS:,} elements (rnn.model.MAX_PARAM_ELEMENTS, "
-                         f"2 GiB of float64) a Model allocates; check the cell's sizes")
+                         f"{MAX_PARAM_ELEMENTS * 8 / 2**30:g} GiB of float64) a Model "
+                         f"allocates; check the cell's sizes")
 
 
 def _suffix(name: str, k: int) -> str:
