@@ -63,8 +63,8 @@ class Derivation:
     def text(self) -> str:
         out = ["forward, one step t (the cell in primitives):"]
         out += ["  " + ln for ln in self.forward]
-        out += ["", "backward, one step t = T-1, ..., 0 (dv: dL/dv at step t; dv[t]: what the"
-                " loss and later steps sent to v; parameters' d sum over t and the batch):"]
+        out += ["", "backward, one step t = T-1, ..., 0 (dv: dL/dv at step t; dv[t]: what the",
+                "loss and later steps sent to v; a parameter's d sums over t and the batch):"]
         out += ["  " + ln for ln in self.backward]
         out += ["", "through time (what step t sends to earlier steps):"]
         for ln in self.through_time:
