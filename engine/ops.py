@@ -360,6 +360,28 @@ defop("softmax", 1, lambda x, axis=-1: (_axis("softmax", axis, len(x)), tuple(x)
       lambda g, y, x, axis=-1: (y * (g - (g * y).sum(axis=axis, keepdims=True)),))
 
 
+LAYERNORM_EPS = 1e-5  # as torch.nn.LayerNorm's default
+
+
+def _layernorm(x, axis=-1, eps=LAYERNORM_EPS):
+    xc = x - x.mean(axis=axis, keepdims=True)
+    return xc / np.sqrt((xc * xc).mean(axis=axis, keepdims=True) + x.dtype.type(eps))
+
+
+def _layernorm_vjp(g, y, x, axis=-1, eps=LAYERNORM_EPS):
+    """dx = (g - mean(g) - y mean(g y)) / sqrt(var(x) + eps), the 1/sigma from x."""
+    xc = x - x.mean(axis=axis, keepdims=True)
+    inv = 1 / np.sqrt((xc * xc).mean(axis=axis, keepdims=True) + x.dtype.type(eps))
+    return ((g - g.mean(axis=axis, keepdims=True)
+             - y * (g * y).mean(axis=axis, keepdims=True)) * inv,)
+
+
+defop("layernorm", 1, lambda x, axis=-1, eps=LAYERNORM_EPS: (
+          _axis("layernorm", axis, len(x)), tuple(x))[1], _layernorm, _layernorm_vjp,
+      doc="(x - mean) / sqrt(var + eps) along axis (biased variance, as torch's LayerNorm;"
+          " no gain or bias: those are ordinary parameters)")
+
+
 def _pick_shape(x, idx):
     if tuple(x[:-1]) != tuple(idx):
         raise ShapeError(f"pick: indices {fmt_shape(idx)} must have the leading shape of the "

@@ -17,6 +17,10 @@ CELLS = {
             "h = tanh(W @ x + U @ (a * h[t-1]) + concat(lo / (1 + exp(hi * hi)), hi) * m)"
             " - 0.5 * softplus(h[t-2]) + log(1 + sigmoid(sum(k * x[t-1])))",
             {"h": 4}, {"a": 4, "lo": 2, "hi": 2}),
+    "layernorm_lstm": ("z = layernorm(W @ x + U @ h[t-1]) * gz + bz\n"
+                       "i, f, g, o = split(z, 4)\n"
+                       "c = sigmoid(f) * c[t-1] + sigmoid(i) * tanh(g)\n"
+                       "h = sigmoid(o) * tanh(layernorm(c) * gc + bc)", {"h": 3, "c": 3}, {}),
 }
 
 
@@ -37,7 +41,8 @@ def _numpy_env():
             "place": place, "sigmoid": sigmoid, "tanh": np.tanh, "exp": np.exp,
             "log": np.log, "softplus": lambda v: np.logaddexp(0, v), "softmax": softmax,
             "relu": lambda v: np.maximum(v, 0),
-            "sum": lambda v: np.atleast_1d(np.sum(v)),
+            "sum": lambda v: np.atleast_1d(np.sum(v)), "sqrt": np.sqrt, "var": np.var,
+            "layernorm": lambda v: (v - v.mean()) / np.sqrt(v.var() + 1e-5),
             "mean": lambda v: np.atleast_1d(np.mean(v))}
 
 
@@ -101,7 +106,7 @@ def evaluate(cell, params, xs, dys, d):
 
 
 @pytest.mark.parametrize("name", ["elman", "lstm", "gru", "gru_classic", "peephole_lstm",
-                                  "jordan", "mix"])
+                                  "jordan", "mix", "layernorm_lstm"])
 def test_the_printed_equations_give_the_engines_gradients(name):
     if name in CELLS:
         text, states, sizes = CELLS[name]

@@ -356,3 +356,24 @@ def test_a_fixed_blas_thread_count_ignores_the_load(monkeypatch):
     got = th.gemm(1e12)
     assert isinstance(got, loop._Full) and got.cores == 2  # busy machine: still two
     assert th.gemm(1.0) is loop._NOTHING  # small: one
+
+
+@pytest.mark.parametrize("dtype,atol", [("float64", 1e-10), ("float32", 2e-5)])
+def test_layernorm_inside_and_outside_the_loop(dtype, atol):
+    """layernorm in the recurrence (a LayerNorm-LSTM) and over an input sweep."""
+    cell = Cell.from_equations(
+        "u = layernorm(V @ x)\n"
+        "z = layernorm(W @ x + U @ h[t-1]) * gz + bz\n"
+        "i, f, g, o = split(z, 4)\n"
+        "c = sigmoid(f) * c[t-1] + sigmoid(i) * tanh(g)\n"
+        "h = sigmoid(o) * tanh(layernorm(c) * gc + bc) + u",
+        inputs={"x": 3}, states={"h": 4, "c": 4})
+    m = Model(cell, layers=2, head=2, seed=1, dtype=dtype)
+    assert "layernorm" in m.plan().source()
+    rng = np.random.default_rng(2)
+    xs = rng.standard_normal((3, 6, 3)).astype(dtype)
+    ys = rng.standard_normal((3, 6, 2)).astype(dtype)
+    agree(m, xs, ys, atol=atol)
+    mask = np.ones((3, 6), dtype)
+    mask[0, 3:] = 0
+    agree(m, xs, ys, atol=atol, mask=mask, truncate=2)

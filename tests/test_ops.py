@@ -42,6 +42,7 @@ CASES = {
     "stack": ([anyv(2, 3), anyv(2, 3)], [], {"axis": 1}),
     "log_softmax": ([anyv(3, 5)], [], {"axis": -1}),
     "softmax": ([anyv(5, 3)], [], {"axis": 0}),
+    "layernorm": ([anyv(3, 5)], [], {"axis": -1}),
     "pick": ([anyv(3, 4)], [np.array([0, 3, 1])], {}),
 }
 

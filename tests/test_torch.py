@@ -93,3 +93,37 @@ def test_composite_tensor_expressions_match_pytorch():
     assert abs(loss.item() - pl.item()) < 1e-12
     np.testing.assert_allclose(ta.grad, pa.grad.numpy(), atol=1e-12)
     np.testing.assert_allclose(tb.grad, pb.grad.numpy(), atol=1e-12)
+
+
+LN_LSTM = """
+z = layernorm(W @ x + U @ h[t-1]) * gz + bz
+i, f, g, o = split(z, 4)
+c = sigmoid(f) * c[t-1] + sigmoid(i) * tanh(g)
+h = sigmoid(o) * tanh(layernorm(c) * gc + bc)
+"""
+
+
+@pytest.mark.parametrize("executor", ["compiled", "reference"])
+def test_layernorm_lstm_matches_torch_layer_norm(executor):
+    """A LayerNorm-LSTM written in the language against the same step written with
+    torch.nn.functional.layer_norm (eps 1e-5, biased variance): loss and every gradient."""
+    I, H, B, T = 3, 4, 2, 6
+    cell = rnn.Cell.from_equations(LN_LSTM, inputs={"x": I}, states={"h": H, "c": H})
+    model = rnn.Model(cell, dtype="float64", seed=2)
+    rng = np.random.default_rng(3)
+    xs, ys = rng.standard_normal((B, T, I)), rng.standard_normal((B, T, H))
+    res = rnn.bptt(model, xs, ys, executor=executor)
+    P = {k[:-3]: torch.tensor(v, requires_grad=True) for k, v in model.params.items()}
+    F = torch.nn.functional
+    h, c, outs = torch.zeros(B, H), torch.zeros(B, H), []
+    for t in range(T):
+        z = F.layer_norm(torch.tensor(xs[:, t]) @ P["W"].T + h @ P["U"].T, (4 * H,))
+        i, f, g, o = (z * P["gz"] + P["bz"]).chunk(4, dim=1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(F.layer_norm(c, (H,)) * P["gc"] + P["bc"])
+        outs.append(h)
+    loss = ((torch.stack(outs, 1) - torch.tensor(ys)) ** 2).mean()
+    loss.backward()
+    assert abs(res.loss - loss.item()) < 1e-12
+    for k, v in P.items():
+        np.testing.assert_allclose(res.grads[f"{k}_l0"], v.grad.numpy(), atol=1e-10, err_msg=k)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from engine.ops import LAYERNORM_EPS
 from rnn.program.loop import BACKWARD, step_of
 
 # how each primitive reads, forward ({0}, {1}: the operands, {p}: an exponent)
@@ -31,6 +32,7 @@ SHOW = {
     "tanh": "tanh({0})", "sigmoid": "sigmoid({0})", "relu": "relu({0})",
     "softplus": "softplus({0})", "pow": "{0} ** {p}", "matvec": "{0} @ {1}",
     "sum": "sum({0})", "mean": "mean({0})", "softmax": "softmax({0})",
+    "layernorm": "layernorm({0})",
 }
 INLINE = 32  # a primitive's value or adjoint longer than this gets its own line
 _ATOMS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.[]-")
@@ -48,8 +50,19 @@ def vjp_rule(op: str, k: int) -> str:
 
 
 def _paren(s: str) -> str:
-    return s if set(s) <= _ATOMS or (s.endswith(")") and s.count("(") == 1
-                                     and s.split("(")[0].isidentifier()) else f"({s})"
+    """``s`` in parentheses unless it is a name, a number or one call (``tanh(a + b)``)."""
+    if set(s) <= _ATOMS:
+        return s
+    head = s.split("(", 1)[0]
+    if head.isidentifier() and s.endswith(")"):
+        depth = 0
+        for k, ch in enumerate(s):
+            depth += (ch == "(") - (ch == ")")
+            if depth == 0 and ch == ")":
+                if k == len(s) - 1:
+                    return s  # the call's own parentheses close at the end
+                break
+    return f"({s})"
 
 
 @dataclass
@@ -163,6 +176,10 @@ def _send(n, g, operand, widths, step, contribs, out, shown):
         elif n.op == "softmax":
             y = shown[n.out]
             expr = f"{_paren(y)} * ({gp} - sum({gp} * {_paren(y)}))"
+        elif n.op == "layernorm":  # var: the biased variance, as the op
+            y, x = _paren(shown[n.out]), operand(a)
+            expr = (f"({gp} - mean({gp}) - {y} * mean({gp} * {y})) / sqrt(var({x}) + "
+                    f"{LAYERNORM_EPS!r})")
         else:
             args = [_paren(operand(b)) for b in n.args]
             expr = vjp_rule(n.op, k).format(*args, g=gp, y=_paren(shown[n.out]),
@@ -189,8 +206,18 @@ def _show(n, args) -> str:
         return f"concat({', '.join(args)})"
     rule = SHOW[n.op]
     if not rule.endswith("({0})"):  # an operator: compound operands in parentheses
-        args = [_paren(a) for a in args]
+        args = [a if n.op == "add" and _product(a) else _paren(a) for a in args]
     return rule.format(*args, p=_number(n.kw.get("p", 0.0)))
+
+
+def _product(s: str) -> bool:
+    """``s`` is a product or quotient at its top level (no + or - outside brackets)."""
+    depth = 0
+    for k, ch in enumerate(s):
+        depth += (ch in "([") - (ch in ")]")
+        if depth == 0 and ch in "+-" and k > 0 and s[k - 1] == " ":
+            return False
+    return not s.startswith("-")
 
 
 def _number(v: float) -> str:

@@ -134,7 +134,8 @@ def _fmt(shape: tuple) -> str:
 
 
 ELEMENTWISE = {"add", "sub", "mul", "div"}
-SAME_SHAPE = {"tanh", "sigmoid", "relu", "exp", "log", "softplus", "softmax", "neg", "pow", "copy"}
+SAME_SHAPE = {"tanh", "sigmoid", "relu", "exp", "log", "softplus", "softmax", "layernorm",
+              "neg", "pow", "copy"}
 
 
 class Cell:

@@ -29,7 +29,8 @@ from dataclasses import dataclass
 
 from engine.errors import CellError
 
-UNARY = {"tanh", "sigmoid", "relu", "exp", "log", "softplus", "softmax", "sum", "mean"}
+UNARY = {"tanh", "sigmoid", "relu", "exp", "log", "softplus", "softmax", "layernorm", "sum",
+         "mean"}
 FUNCS = UNARY | {"split", "concat"}
 BINOPS = {ast.Add: "add", ast.Sub: "sub", ast.Mult: "mul", ast.Div: "div", ast.MatMult: "matvec"}
 SYMBOL = {"add": "+", "sub": "-", "mul": "*", "div": "/", "matvec": "@"}
@@ -47,6 +48,7 @@ FOLD_CALL = {  # functions of a number literal are computed when parsing
     "tanh": math.tanh, "sigmoid": _sigmoid, "relu": lambda v: max(v, 0.0),
     "exp": math.exp, "log": math.log, "sum": lambda v: v, "mean": lambda v: v,
     "softplus": lambda v: max(v, 0) + math.log1p(math.exp(-abs(v))), "softmax": lambda v: 1.0,
+    "layernorm": lambda v: 0.0,  # one number, normalized: its mean is itself
 }
 SYNTAX_NAMES = {
     ast.Attribute: "attribute access (a.b)", ast.Lambda: "lambda", ast.Import: "import",

@@ -36,7 +36,7 @@ import numpy as np
 
 from engine import blas
 from engine import kernels as _kernels
-from engine.ops import OPS, py_index, unbroadcast
+from engine.ops import LAYERNORM_EPS, OPS, py_index, unbroadcast
 
 from ..lang.parse import Ref
 from . import cache
@@ -59,7 +59,7 @@ BACKWARD = {  # (cotangent for arg 0, for arg 1) given g, the output y and the a
 }
 ELEMENTWISE = set(FORWARD)
 MAX_RUN = 24  # nodes fused into one loop: Numba's compile time grows fast with loop size
-LOOP_OPS = ELEMENTWISE | {"matvec", "slice", "sum", "mean", "softmax", "concat"}
+LOOP_OPS = ELEMENTWISE | {"matvec", "slice", "sum", "mean", "softmax", "concat", "layernorm"}
 # what generated code calls in engine/: Numba's cache does not see a change there
 _KERNELS_HASH = hashlib.sha1(b"".join(Path(m.__file__).read_bytes()
                                       for m in (_kernels, blas))).hexdigest()[:12]
@@ -188,7 +188,8 @@ def groups_of(step: Step) -> list:
 
 _NEEDS = {op: ({int(i) for t in ts for i in re.findall(r"\{(\d)\}", t)},
                any("{y}" in t for t in ts)) for op, ts in BACKWARD.items()}
-_NEEDS.update({"matvec": ({1}, False), "softmax": (set(), True), "slice": (set(), False),
+_NEEDS.update({"matvec": ({1}, False), "softmax": (set(), True), "layernorm": ({0}, True),
+               "slice": (set(), False),
                "sum": (set(), False), "mean": (set(), False), "concat": (set(), False)})
 
 
@@ -204,7 +205,7 @@ def _plan_storage(step: Step, groups: list) -> None:
                 raise Unsupported(f"{n.op} inside a recurrence")
             if n.op == "matvec" and n.args[0].kind != "param":
                 raise Unsupported("a matrix that is not a parameter")
-            if n.op in ("sum", "mean", "softmax", "concat") and any(
+            if n.op in ("sum", "mean", "softmax", "concat", "layernorm") and any(
                     a.kind not in ("node", "input") for a in n.args):
                 raise Unsupported(f"{n.op} of a parameter or a number inside a recurrence")
             if any(a.kind == "param" and len(step.params[a.name]) > 1 for a in n.args
@@ -299,6 +300,8 @@ JIT = '@numba.njit(cache=True, nogil=True, error_model="numpy")'
 
 class _Emit:
     """Writes the forward and backward loop of one Loop group."""
+
+    EPS = LAYERNORM_EPS
 
     def __init__(self, step: Step, grp: Loop):
         self.step, self.grp = step, grp
@@ -502,7 +505,19 @@ class _Emit:
                         f"        {o}[b, j + {off}] = {self.local(a)}[b, j]"]
                 off += wa
             return out
+        if n.op == "layernorm":
+            return ["for b in range(B):", *self.moments(src, w),
+                    f"    for j in range({w}):", f"        {o}[b, j] = ({src}[b, j] - m) * inv"]
         raise Unsupported(n.op)
+
+    def moments(self, src: str, w: int) -> list[str]:
+        """Inside a loop over b: the mean ``m`` of row b of ``src`` and ``inv``, one over
+        its standard deviation (biased variance + eps, as torch's LayerNorm)."""
+        eps = self.literal(float(self.EPS))
+        return ["    m = ZERO", f"    for j in range({w}):", f"        m += {src}[b, j]",
+                f"    m = m / _F({w})", "    v = ZERO", f"    for j in range({w}):",
+                f"        d = {src}[b, j] - m", "        v += d * d",
+                f"    inv = ONE / np.sqrt(v / _F({w}) + {eps})"]
 
     # -------------------------------------------------------------- backward
     def bwd_sig(self) -> list[str]:
@@ -692,6 +707,15 @@ class _Emit:
                 out += _loop2(wa, self.add_into(a, f"{g}[b, j + {off}]", "j", wa))
                 off += wa
             return out
+        if n.op == "layernorm":  # (g - mean(g) - y mean(g y)) / sigma
+            add = self.add_into(a, f"({g}[b, j] - gm - v{i}[b, j] * gy) * inv", "j", w)
+            if not add:
+                return []
+            return ["for b in range(B):", *self.moments(self.local(a), w),
+                    "    gm = ZERO", "    gy = ZERO", f"    for j in range({w}):",
+                    f"        gm += {g}[b, j]", f"        gy += {g}[b, j] * v{i}[b, j]",
+                    f"    gm = gm / _F({w})", f"    gy = gy / _F({w})",
+                    f"    for j in range({w}):", *["        " + ln for ln in add]]
         raise Unsupported(n.op)
 
 

@@ -91,7 +91,7 @@ def lower(cell: Cell, node) -> tuple[str, dict]:
         return "slice", {"index": (FULL, (i * q, (i + 1) * q, None))}
     if op in ("sum", "mean"):
         return op, {"axis": -1, "keepdims": True}
-    if op in ("softmax", "concat"):
+    if op in ("softmax", "concat", "layernorm"):
         return op, {"axis": -1}
     return op, params
 
