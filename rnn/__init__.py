@@ -17,8 +17,9 @@ from .lang.cell import Cell
 from .model import Model
 from .program.unroll import Unrolled, unroll
 from .seq2seq import Seq2Seq
-from .train import optim
+from .train import callbacks, optim, schedules
 from .train.fit import History, fit
 
 __all__ = ["BPTTResult", "Cell", "CellBuilder", "History", "Model", "ModelFileError", "Seq2Seq",
-           "Unrolled", "bptt", "cells", "fit", "interop", "optim", "tasks", "unroll"]
+           "Unrolled", "bptt", "callbacks", "cells", "fit", "interop", "optim", "schedules",
+           "tasks", "unroll"]

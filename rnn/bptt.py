@@ -68,12 +68,22 @@ def check_model(model, what: str = "bptt"):
 
 def bptt(model: Model, xs, targets, loss: str = "mse", at: str = "all", initial_state=None,
          truncate=None, mask=None, executor: str = "compiled",
-         keep_adjoints: bool = False) -> BPTTResult:
+         keep_adjoints: bool = False, batch_first: bool = True) -> BPTTResult:
     """Loss, parameter gradients, initial-state gradients and per-step state-gradient
-    norms of ``model`` on one batch (see SPEC section 4 for every argument)."""
+    norms of ``model`` on one batch (see SPEC section 4 for every argument).
+    ``batch_first=False`` takes time-major arrays, as torch: xs (T, B, I), targets
+    (T, B, O) (or (T, B) class indices) for ``at="all"``, mask (T, B); ``res.outputs``
+    is then (T, B, O). Nothing else changes: the result is the batch-major one's."""
     check_model(model)
     check_executor(executor)
     check_loss(loss, at)
+    if not batch_first:
+        res = bptt(model, model.check_xs(xs, batch_first=False),
+                   time_major(targets, "targets") if at == "all" else targets, loss, at,
+                   initial_state, truncate, time_major(mask, "mask"), executor,
+                   keep_adjoints)
+        res.outputs = res.outputs.swapaxes(0, 1)
+        return res
     if not isinstance(model, Model):  # a composite (e.g. Seq2Seq) runs its own program
         return model.bptt(xs, targets, loss=loss, at=at, executor=executor,
                           initial_state=initial_state, truncate=truncate, mask=mask)
@@ -89,6 +99,17 @@ def bptt(model: Model, xs, targets, loss: str = "mse", at: str = "all", initial_
     k = truncate if truncate is not None and truncate < T else None
     return _run(model, xs, targets, weights, loss, at, initial_state, k, mask, executor,
                 keep_adjoints)
+
+
+def time_major(a, what: str):
+    """A time-major (T, B, ...) array as a batch-major view."""
+    if a is None:
+        return None
+    a = np.asarray(a)
+    if a.ndim < 2:
+        raise ValueError(f"with batch_first=False, {what} is time-major (T, B, ...); got "
+                         f"shape {a.shape}")
+    return a.swapaxes(0, 1)
 
 
 def checked(model: Model, xs, targets, loss: str, at: str, mask):

@@ -18,6 +18,7 @@ from engine.errors import DTypeError, ShapeError, all_finite
 from engine.ir import Program
 
 from .lang.cell import Cell
+from .lang.parse import Ref
 from .program.executor import REFERENCE, check_executor
 from .program.loop import Plan, Unsupported
 from .program.unroll import Unrolled, check_dtype_name, check_mask_name, positive_int, unroll
@@ -273,19 +274,26 @@ class Model:
         return out
 
     # ------------------------------------------------------------ checks
-    def check_xs(self, xs) -> np.ndarray:
+    def check_xs(self, xs, batch_first: bool = True) -> np.ndarray:
+        """``xs`` checked, as a (B, T, I) array: with ``batch_first=False`` it comes
+        time-major, (T, B, I), and the result is a batch-major view of it."""
         xs = np.asarray(xs)
+        layout = ("(batch, time, features) = (B, T, {})" if batch_first else
+                  "(time, batch, features) = (T, B, {}) (batch_first=False)")
         if xs.ndim != 3:
-            raise ShapeError(f"xs must be (batch, time, features) = (B, T, {self.input_size}), "
-                             f"got shape {xs.shape}")
+            raise ShapeError(f"xs must be {layout.format(self.input_size)}, got shape "
+                             f"{xs.shape}")
+        given = xs.shape
+        if not batch_first:
+            xs = xs.swapaxes(0, 1)
         if xs.shape[1] == 0:
             raise ShapeError("xs has T = 0 time steps; a sequence needs at least one")
         if xs.shape[0] == 0:
             raise ShapeError("xs has an empty batch (B = 0)")
         if xs.shape[2] != self.input_size:
             raise ShapeError(f"xs has {xs.shape[2]} features per step but the model takes "
-                             f"{self.input_size}: expected (B, T, {self.input_size}), got "
-                             f"{xs.shape}")
+                             f"{self.input_size}: expected {layout.format(self.input_size)}, "
+                             f"got {given}")
         self.check_dtype("xs", xs)
         if not all_finite(xs):
             raise ValueError("xs holds NaN or inf values")
@@ -384,10 +392,19 @@ class Model:
     def step_params(self, plan) -> dict[str, np.ndarray]:
         return {p: self._params[p] for p in plan.step.params}
 
-    def forward(self, xs, initial_state=None, mask=None, executor: str = "compiled"):
-        """Run the model: xs (B, T, I) -> ys (B, T, O) and the final state of every layer."""
+    def forward(self, xs, initial_state=None, mask=None, executor: str = "compiled",
+                batch_first: bool = True):
+        """Run the model: xs (B, T, I) -> ys (B, T, O) and the final state of every layer.
+        ``batch_first=False``: xs (T, B, I), mask (T, B) -> ys (T, B, O), as torch; the
+        state keeps its shape."""
         check_executor(executor)
-        xs = self.check_xs(xs)
+        xs = self.check_xs(xs, batch_first)
+        if mask is not None and not batch_first:
+            mask = np.asarray(mask).T
+        ys, final = self._forward(xs, initial_state, mask, executor)
+        return (ys if batch_first else ys.swapaxes(0, 1)), final
+
+    def _forward(self, xs, initial_state, mask, executor):
         mask = check_mask(mask, xs.shape[:2], self.dtype, self.full)
         names = [n for s in self.cell.states for n in self.layer_names(s)]
         plan = self.plan(mask is not None) if executor == "compiled" else None
@@ -404,7 +421,134 @@ class Model:
         last = {n: vals[un.values[n][-1].name] for n in names}
         return ys, self.split_layers(last)
 
+    def predict(self, xs, initial_state=None, mask=None, executor: str = "compiled",
+                batch_first: bool = True) -> np.ndarray:
+        """The outputs alone, for inference: ``forward(xs)[0]`` (dropout, where a model
+        has it, acts only in training and never here).
+
+        >>> import numpy as np, rnn
+        >>> m = rnn.Model(rnn.cells.gru(2, 4), head=1)
+        >>> m.predict(np.zeros((3, 5, 2))).shape, m.predict(np.zeros((5, 3, 2)),
+        ...                                                  batch_first=False).shape
+        ((3, 5, 1), (5, 3, 1))
+        """
+        return self.forward(xs, initial_state, mask, executor, batch_first)[0]
+
+    def generate(self, x0, steps: int, temperature: float = 1.0, seed=None,
+                 kind: str = "values", initial_state=None, executor: str = "compiled"):
+        """One-to-many: run on ``x0`` and then feed each output back as the next input,
+        for ``steps`` outputs in all; the recurrent state is carried from step to step
+        (nothing is re-run). The output size must equal the input size.
+
+        ``x0`` is the first input, (B, I), or a primer sequence (B, T0, I) whose last
+        output is the first one generated. ``kind`` says what an output is:
+
+        - ``"values"`` (regression): the output itself is the next input; returns the
+          outputs (B, steps, O). ``temperature`` and ``seed`` play no part.
+        - ``"classes"`` (a head trained with cross_entropy: outputs are logits): the next
+          input is the one-hot vector of a class drawn from softmax(logits /
+          temperature) (the argmax at ``temperature=0``; ``seed`` makes draws
+          reproducible); ``x0`` may be class indices (B,) or (B, T0). Returns the outputs
+          (B, steps, O) and the classes drawn, (B, steps).
+
+        >>> import numpy as np, rnn
+        >>> m = rnn.Model(rnn.cells.lstm(4, 8), head=4)
+        >>> logits, chars = m.generate(np.array([0, 2]), steps=6, kind="classes", seed=0)
+        >>> logits.shape, chars.shape
+        ((2, 6, 4), (2, 6))
+        """
+        steps = positive_int("steps", steps)
+        if kind not in ("values", "classes"):
+            raise ValueError(f"kind must be 'values' (the output is the next input) or "
+                             f"'classes' (a class drawn from the logits is), got {kind!r}")
+        if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or \
+                not 0 <= temperature < np.inf:
+            raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
+        I, O = self.input_size, self.output_size
+        if O != I:
+            raise ShapeError(f"generate feeds each output back as the next input, so the "
+                             f"output size must equal the input size; this model maps {I} "
+                             f"features to {O} (give it head={I}, or loop over forward "
+                             f"with your own feedback)")
+        x0 = np.asarray(x0)
+        if kind == "classes" and x0.dtype.kind in "iu":
+            if x0.ndim not in (1, 2) or x0.size == 0 or x0.min() < 0 or x0.max() >= I:
+                raise ValueError(f"class indices x0 must be (B,) or (B, T0) in [0, {I}), got "
+                                 f"shape {x0.shape}" + (f", values {x0.min()}..{x0.max()}"
+                                                        if x0.size else ""))
+            x0 = np.eye(I, dtype=self.dtype)[x0]
+        if x0.ndim == 2:
+            x0 = x0[:, None]
+        xs = self.check_xs(x0)
+        B = xs.shape[0]
+        rng = np.random.default_rng(seed)
+        run = self._stepper(executor)
+        ys, carry = run(xs, initial_state, None)
+        out = np.empty((B, steps, O), self.dtype)
+        drawn = np.empty((B, steps), np.int64)
+        eye = np.eye(I, dtype=self.dtype)
+        for t in range(steps):
+            y = out[:, t] = ys[:, -1]
+            if kind == "classes":
+                drawn[:, t] = sample(y, temperature, rng)
+                y = eye[drawn[:, t]]
+            if t + 1 < steps:
+                ys, carry = run(y[:, None], None, carry)
+        return (out, drawn) if kind == "classes" else out
+
+    def _stepper(self, executor: str):
+        """run(xs, initial_state, carry) -> (ys, carry): the model on xs (B, T, I) from
+        the values ``carry`` holds (or from the initial state when it is None), and the
+        values the next call needs: every value read at t-1 (states, delayed outputs and
+        inputs). A cell that reads further back than t-1 is re-run from the start."""
+        check_executor(executor)
+        cell = self.full
+        deepest = max((a.delay for nd in cell.nodes for a in nd.args if isinstance(a, Ref)),
+                      default=0)
+        if deepest > 1:
+            def rerun(xs, initial_state, carry):
+                seq, init = (xs, initial_state) if carry is None else (
+                    np.concatenate([carry[0], xs], axis=1), carry[1])
+                return self._forward(seq, init, None, executor)[0][:, -xs.shape[1]:], \
+                    (seq, init)
+            return rerun
+        plan = self.plan(False) if executor == "compiled" else None
+        out = cell.outputs[0]
+
+        def run(xs, initial_state, carry):
+            if plan is not None:
+                feed, init = self.loop_inputs(plan, xs, initial_state, None, carry)
+                vals = plan.forward(feed, self.step_params(plan), init)
+                ys = vals[out].transpose(1, 0, 2)
+                new = {n: vals[n][-1] for n in plan.step.states if n not in cell.inputs}
+            else:
+                prog, un = self.program(xs.shape[1])
+                env = self.feed(un, xs, initial_state)
+                env.update({f"{n}@init": v for n, v in (carry or {}).items()})
+                names = [n for n in un.init if n in un.values]
+                keep = {un.values[n][-1].name for n in names}
+                vals = REFERENCE.forward(prog, env, keep=keep)
+                ys = np.stack([vals[v.name] for v in un.outputs()], axis=1)
+                new = {n: vals[un.values[n][-1].name] for n in names}
+            new.update({x: xs[:, -1] for x in cell.input_delays})
+            return ys, new
+        return run
+
     __call__ = forward
+
+
+def sample(logits: np.ndarray, temperature: float, rng) -> np.ndarray:
+    """One class per row of ``logits`` (B, C), drawn from softmax(logits / temperature);
+    the argmax (the first, on ties) at temperature 0."""
+    if temperature == 0:
+        return logits.argmax(axis=-1)
+    z = np.asarray(logits, np.float64)
+    z = (z - z.max(axis=-1, keepdims=True)) / temperature  # <= 0: exp never overflows
+    p = np.exp(z)
+    c = np.cumsum(p / p.sum(axis=-1, keepdims=True), axis=-1)
+    c[:, -1] = 1.0  # u < 1 always finds a class, whatever the rounding
+    u = rng.random(len(c))
+    return (u[:, None] < c).argmax(axis=-1)
 
 
 def check_mask(mask, bt, dtype, cell=None):

@@ -1,1 +1,1 @@
-"""Training: fit, optimizers."""
+"""Training: fit, optimizers, learning-rate schedules, callbacks."""
