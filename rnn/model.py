@@ -543,7 +543,8 @@ def sample(logits: np.ndarray, temperature: float, rng) -> np.ndarray:
     if temperature == 0:
         return logits.argmax(axis=-1)
     z = np.asarray(logits, np.float64)
-    z = (z - z.max(axis=-1, keepdims=True)) / temperature  # <= 0: exp never overflows
+    with np.errstate(over="ignore"):  # -inf at a tiny temperature: probability 0
+        z = (z - z.max(axis=-1, keepdims=True)) / temperature  # <= 0: exp cannot overflow
     p = np.exp(z)
     c = np.cumsum(p / p.sum(axis=-1, keepdims=True), axis=-1)
     c[:, -1] = 1.0  # u < 1 always finds a class, whatever the rounding
