@@ -17,12 +17,17 @@ metadata:
 Saving is atomic: a temporary file in the same folder, fsync, ``os.replace``, fsync
 of the folder; a crash leaves the old file or the new one, never half of one.
 
-Loading trusts nothing: the size of the header is checked against the file and a cap
-before anything is parsed, and the header must be JSON without a name twice;
-safetensors checks that every tensor's byte range lies in
-the file and matches its shape and dtype (so no allocation exceeds the file); then the
-names, shapes and dtypes must be exactly those of the model the metadata describes.
-Every failure is a ``ModelFileError`` (a ValueError) that names the file and the cause.
+Loading trusts nothing: only a regular file is opened (a FIFO would block); the size
+of the header is checked against the file and a cap before anything is parsed, and the
+header must be JSON without a name twice; safetensors checks that every tensor's byte
+range lies in the file and matches its shape and dtype (so no allocation exceeds the
+file). The model description is checked before a Model is made: the cell's text and its
+layers are capped, the dtype is float32 or float64, every array has it, and the
+parameters the description implies hold no more elements than the file's arrays, so a
+few bytes of header cannot make the loader allocate gigabytes or stack a million
+layers. Then the names and shapes must be exactly those of the model it describes.
+Every failure is a ``ModelFileError`` (a ValueError) that names the file and the cause;
+tests/fuzz/run.py throws mutated and random files at it (``make fuzz``).
 """
 
 from __future__ import annotations
@@ -30,7 +35,9 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import math
 import os
+import stat
 import struct
 import tempfile
 from pathlib import Path
@@ -44,6 +51,9 @@ from ..model import Model
 
 FORMAT, CHECKPOINT, VERSION = "unroll.model", "unroll.checkpoint", "1"
 MAX_HEADER = 16 << 20  # bytes of JSON header: far above any model's (a few KB)
+MAX_CELL_TEXT = 1 << 20  # characters of equations: 25,000 equations parse in about 3 s
+MAX_LAYERS = 1024
+MAX_STACKED_NODES = 1 << 18  # layers x the cell's operations: stacking takes seconds
 DTYPES = {"float32": "F32", "float64": "F64"}
 
 
@@ -79,7 +89,7 @@ def load_checkpoint(path) -> tuple[dict, dict]:
     meta, tensors = _read(path, CHECKPOINT)
     try:
         return tensors, json.loads(meta["info"])
-    except (KeyError, ValueError) as e:
+    except (KeyError, ValueError, RecursionError) as e:
         raise ModelFileError(f"{path}: a damaged checkpoint ({e})") from None
 
 
@@ -127,19 +137,66 @@ def load(path):
     path = Path(path)
     meta, tensors = _read(path, FORMAT)
     try:
-        spec = json.loads(meta["spec"])
+        spec = _spec(meta)
         cell = Cell.from_equations(meta["cell"], inputs=spec["inputs"], states=spec["states"],
                                    outputs=spec["outputs"], sizes=spec["sizes"])
+        _fits(cell, spec, tensors)
         model = Model(cell, layers=spec["layers"], head=spec["head"], dtype=spec["dtype"],
                       learn_initial=spec["learn_initial"])
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as e:
         raise ModelFileError(f"{path}: its model description does not build a model: "
                              f"{type(e).__name__}: {e}") from None
     try:
         model.load_params(tensors)
-    except ValueError as e:
+    except (ValueError, TypeError) as e:  # TypeError: a dtype (DTypeError)
         raise ModelFileError(f"{path}: {e}") from None
     return model
+
+
+def _spec(meta: dict) -> dict:
+    """The model description of the metadata, its types checked (the values are checked
+    by the Cell and the Model)."""
+    cell = meta["cell"]
+    if len(cell) > MAX_CELL_TEXT:
+        raise ValueError(f"the cell's equations are {len(cell):,} characters, more than the "
+                         f"{MAX_CELL_TEXT:,} a model file may hold")
+    spec = json.loads(meta["spec"])
+    if not isinstance(spec, dict):
+        raise TypeError(f"spec must be a JSON object, got {type(spec).__name__}")
+    layers, head = spec["layers"], spec["head"]
+    if isinstance(layers, bool) or not isinstance(layers, int) or not 1 <= layers <= MAX_LAYERS:
+        raise ValueError(f"layers must be an int from 1 to {MAX_LAYERS}, got {layers!r}")
+    if head is not None and (isinstance(head, bool) or not isinstance(head, int) or head < 1):
+        raise ValueError(f"head must be null or a positive int, got {head!r}")
+    if spec["dtype"] not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {spec['dtype']!r}")
+    learn = spec["learn_initial"]
+    if not isinstance(learn, list) or not all(isinstance(s, str) for s in learn):
+        raise TypeError(f"learn_initial must be a list of state names, got {learn!r}")
+    return spec
+
+
+def _fits(cell: Cell, spec: dict, tensors: dict) -> None:
+    """The file's arrays can be this model's: its dtype, and parameters no bigger in all
+    than the arrays, checked before the Model allocates and initializes them."""
+    from ..model import stack_cells
+
+    for k, a in tensors.items():
+        if a.dtype != np.dtype(spec["dtype"]):
+            raise ValueError(f"array '{k}' is {a.dtype} but the model is {spec['dtype']}")
+    layers = spec["layers"]
+    if layers > 1 and cell.params and layers * len(cell.params) > len(tensors):
+        raise ValueError(f"{layers} layers of a cell with {len(cell.params)} parameters need "
+                         f"{layers * len(cell.params)} arrays; the file has {len(tensors)}")
+    if layers * len(cell.nodes) > MAX_STACKED_NODES:
+        raise ValueError(f"{layers} layers of a cell of {len(cell.nodes)} operations are more "
+                         f"than the {MAX_STACKED_NODES:,} operations a model file may describe")
+    have = sum(a.size for a in tensors.values())
+    need = sum(math.prod(s) for s in stack_cells(cell, layers, spec["head"]).params.values())
+    need += layers * sum(cell.states.get(s, 0) for s in set(spec["learn_initial"]))
+    if need > have:
+        raise ValueError(f"the model it describes has {need:,} parameter values; the file's "
+                         f"arrays hold {have:,}")
 
 
 def _read(path: Path, fmt: str):
@@ -148,7 +205,10 @@ def _read(path: Path, fmt: str):
     from safetensors import SafetensorError, safe_open
 
     try:
-        size = path.stat().st_size
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):  # a folder, a FIFO (would block), a device
+            raise ModelFileError(f"cannot read model file {path}: not a regular file")
+        size = st.st_size
         with open(path, "rb") as f:
             head = f.read(8)
     except OSError as e:
@@ -165,7 +225,7 @@ def _read(path: Path, fmt: str):
         with open(path, "rb") as f:
             f.seek(8)
             json.loads(f.read(n), object_pairs_hook=_no_duplicates)
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise ModelFileError(f"{path} is not a model file: its header is not JSON without "
                              f"duplicate names ({e})") from None
     try:

@@ -254,8 +254,9 @@ class Cell:
                                 f"sequence and step", nd.line, nd.col)
         # keep text order for display and unrolling order among independent nodes
         state_sizes = {s: shapes[s][0] if shapes[s] else 1 for s in defined if s in read_delayed}
+        param_set = set(params)  # a set: 'k not in params' over a list was quadratic
         return cls(order, inputs, state_sizes, outputs, {p: shapes[p] for p in params},
-                   {k: v for k, v in shapes.items() if k not in params}, sources, text,
+                   {k: v for k, v in shapes.items() if k not in param_set}, sources, text,
                    input_delays, {**states, **(sizes or {})})
 
     @staticmethod
