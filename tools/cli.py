@@ -7,6 +7,8 @@ import importlib
 import os
 import re
 import sys
+import traceback
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +26,11 @@ EXAMPLES = {
 }
 
 
+# float64 central differences perturb entries one by one: 1M parameter entries check in
+# about 6 s; a 10,000-wide state (100M) ran past two minutes and 8 GB
+GRADCHECK_MAX_PARAMS = 2_000_000
+
+
 class UserError(Exception):
     """A mistake in what the user asked for: reported in one line, no traceback."""
 
@@ -32,14 +39,24 @@ class UserError(Exception):
 def load_cell(spec: str, input_size: int, hidden_size: int, inputs=None, states=None):
     """CELL: a built-in name, a .cell file of equations, or module:attr."""
     import rnn
+    from engine.errors import UnrollError
 
     if spec in rnn.cells.BUILTINS:
         return rnn.cells.BUILTINS[spec](input_size, hidden_size)
     if spec.endswith(".cell") or os.path.isfile(spec):
         path = Path(spec)
+        if path.is_dir():
+            raise UserError(f"cell file '{spec}' is a folder, not a file of equations")
         if not path.is_file():
             raise UserError(f"cell file '{spec}' does not exist")
-        text = path.read_text()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            line = e.object[:e.start].count(b"\n") + 1
+            raise UserError(f"cell file '{spec}' is not UTF-8 text: byte {e.object[e.start]:#04x}"
+                            f" on line {line}; save it as UTF-8") from None
+        except OSError as e:
+            raise UserError(f"cannot read cell file '{spec}': {e.strerror or e}") from None
         head = {k: v for k, v in re.findall(r"^#\s*(inputs|states|sizes|outputs):\s*(.+)$",
                                               text, re.M)}
         ins = inputs or _sizes(head.get("inputs")) or {"x": input_size}
@@ -54,13 +71,32 @@ def load_cell(spec: str, input_size: int, hidden_size: int, inputs=None, states=
             obj = getattr(importlib.import_module(mod), attr)
         except (ImportError, AttributeError) as e:
             raise UserError(f"cannot load '{spec}': {e}") from None
+        except SyntaxError as e:  # the user's module: where, not our traceback
+            raise UserError(f"cannot load '{spec}': {e.filename}, line {e.lineno}: "
+                            f"{e.msg}") from None
+        except Exception as e:  # noqa: BLE001 - whatever their module raises on import
+            raise UserError(f"cannot load '{spec}': importing '{mod}' raised "
+                            f"{_where(e)}") from None
         if callable(obj) and not isinstance(obj, (rnn.Cell, rnn.Model)):
-            obj = obj(input_size, hidden_size)
+            try:
+                obj = obj(input_size, hidden_size)
+            except UnrollError:
+                raise
+            except Exception as e:  # noqa: BLE001 - their function: say where it failed
+                raise UserError(f"cannot load '{spec}': {attr}({input_size}, {hidden_size}) "
+                                f"raised {_where(e)}") from None
         if isinstance(obj, (rnn.Cell, rnn.Model)):
             return obj
         raise UserError(f"'{spec}' is a {type(obj).__name__}, expected a rnn.Cell or rnn.Model")
     raise UserError(f"unknown cell '{spec}': expected a built-in "
                     f"({', '.join(sorted(rnn.cells.BUILTINS))}), a .cell file, or module:attr")
+
+
+def _where(e: BaseException) -> str:
+    """``ZeroDivisionError: division by zero (m.py, line 3)``: the innermost frame."""
+    tb = traceback.extract_tb(e.__traceback__)
+    at = f" ({tb[-1].filename}, line {tb[-1].lineno})" if tb else ""
+    return f"{type(e).__name__}: {e}{at}"
 
 
 def _sizes(text: str | None) -> dict[str, int]:
@@ -77,6 +113,15 @@ def _cell(args):
     """The CELL argument with the size flags: a Cell (or a Model from module:attr)."""
     return load_cell(args.cell, args.input_size, args.hidden_size,
                      _sizes(args.inputs) or None, _sizes(args.states) or None)
+
+
+def _writable(path: str | None, flag: str) -> None:
+    """UserError now if ``flag``'s file could not be written later."""
+    from .render import why_not_writable
+
+    why = path and why_not_writable(path)
+    if why:
+        raise UserError(f"{flag} {path}: cannot write it: {why}")
 
 
 def _model(args, head: int | None = 1):
@@ -98,7 +143,14 @@ def _data(model, steps: int, batch: int, seed: int):
 # ------------------------------------------------------------------ commands
 def cmd_demo(args):
     from . import demo
+    from .render import why_not_writable
 
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {args.out}: it is a file; give a folder for the results")
+    why = why_not_writable(out / "results.json")
+    if why:
+        raise UserError(f"--out {args.out}: cannot write there: {why}")
     demo.run(args.out, quiet=args.quiet, epochs=args.epochs)
 
 
@@ -107,6 +159,7 @@ def cmd_render(args):
 
     out = Path(args.output or f"out/{Path(args.cell).stem.replace(':', '_')}"
                f"{'-grad' if args.grad else '-unrolled' if args.steps else ''}.svg")
+    render.check_output(out)  # a bad -o is said before any work
     if args.grad:
         model = _model(args)
         steps = args.steps or 30
@@ -118,7 +171,7 @@ def cmd_render(args):
         g = render.unrolled(target, steps=args.steps, compact=args.compact)
     else:
         g = render.cell(_cell(args))
-    print(render.save(g, out))
+    print(render.save(g, out, progress=True))
 
 
 def cmd_trace(args):
@@ -135,10 +188,24 @@ def cmd_trace(args):
 
 
 def cmd_gradcheck(args):
+    import rnn
+
     from .gradcheck import check_bptt
 
     model = _model(args, head=2)
+    size = sum(np.size(p) for p in model.params.values())
+    if size > GRADCHECK_MAX_PARAMS:
+        raise UserError(f"gradcheck is for small sizes: {args.cell} has {size:,} parameter "
+                        f"entries, more than {GRADCHECK_MAX_PARAMS:,}; a cell's derivatives "
+                        f"do not depend on its sizes, check it with small ones "
+                        f"(e.g. --hidden-size 8 or --states h=8)")
     xs, ys = _data(model, args.steps, 2, args.seed)
+    with np.errstate(all="ignore"):
+        loss = rnn.bptt(model, xs, ys, truncate=args.truncate).loss
+    if not np.isfinite(loss):
+        raise UserError(f"the loss of {args.cell} is {loss} at its initial weights (random "
+                        f"inputs, T={args.steps}): finite differences need a finite loss; look "
+                        f"for a value that overflows, e.g. a large constant or exp()")
     res = check_bptt(model, xs, ys, raise_on_fail=False, truncate=args.truncate)
     print(f"gradcheck {args.cell}: T={args.steps}, {len(model.params)} parameters + initial "
           f"states, float64, central differences eps 1e-6 and a VJP/JVP projection")
@@ -182,6 +249,8 @@ def cmd_train(args):
                                                              head=out_size, seed=args.seed)
     if args.resume and not args.checkpoint:
         raise UserError("--resume goes on from a --checkpoint FILE: give one")
+    _writable(args.save, "--save")  # said now, not after the training
+    _writable(args.checkpoint, "--checkpoint")
     print(f"training {model} on {task} (T={xs.shape[1]}, {len(xs)} sequences)")
     hist = rnn.fit(model, xs, ys, loss=loss, at=at, epochs=args.epochs,
                    batch_size=args.batch_size, clip_norm=1.0, truncate=args.truncate,
@@ -287,12 +356,15 @@ def parser() -> argparse.ArgumentParser:
     sp = add("render", "draw the folded cell, the unrolled graph (--steps), or the gradient "
                        "flow after BPTT (--grad)")
     cell_args(sp)
-    sp.add_argument("--steps", type=int, default=0)
+    sp.add_argument("--steps", type=positive, default=None,
+                    help="draw the graph unrolled over N steps (with --grad: 30 if not given)")
     sp.add_argument("--grad", action="store_true")
     sp.add_argument("--compact", action="store_true", default=None,
-                    help="one node per step (default when steps > 12)")
+                    help="one node per step and layer (the default when steps > 12 or when the "
+                         "full graph, cell nodes x steps, is too large to lay out quickly)")
     sp.add_argument("--truncate", type=int, default=None)
-    sp.add_argument("-o", "--output", help="FILE.svg, .png or .dot (default out/CELL.svg)")
+    sp.add_argument("-o", "--output", help="FILE.svg, .png or .dot (.pdf with a system "
+                    "Graphviz; default out/CELL.svg)")
     sp.set_defaults(func=cmd_render)
 
     sp = add("trace", "forward values and backward adjoints, step by step")
@@ -355,6 +427,13 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _os_message(e: OSError) -> str:
+    """``cannot use 'x/y.npz': Not a directory`` rather than ``[Errno 20] ...``."""
+    if e.filename is None or not e.strerror:
+        return str(e)
+    return f"cannot use '{e.filename}': {e.strerror}"
+
+
 def main(argv=None) -> int:
     from engine.errors import UnrollError
 
@@ -363,16 +442,23 @@ def main(argv=None) -> int:
     if not getattr(args, "command", None):
         p.print_help()
         return 2
-    try:
-        return args.func(args) or 0
-    except (UserError, UnrollError, ValueError, TypeError, OSError) as e:  # not a bug of ours
-        if os.environ.get("UNROLL_DEBUG"):
-            raise
-        print(f"unroll {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    with warnings.catch_warnings():
+        def one_line(message, category, *_args, **_kw):  # a note, not a source listing
+            kind = "note" if issubclass(category, UserWarning) else category.__name__
+            print(f"unroll {args.command}: {kind}: {message}", file=sys.stderr)
+
+        warnings.showwarning = one_line
+        try:
+            return args.func(args) or 0
+        except (UserError, UnrollError, ValueError, TypeError, OSError) as e:  # not our bug
+            if os.environ.get("UNROLL_DEBUG"):
+                raise
+            msg = _os_message(e) if isinstance(e, OSError) else str(e)
+            print(f"unroll {args.command}: error: {msg}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
 
 
 if __name__ == "__main__":

@@ -8,11 +8,16 @@ unroll depends on (see ``ensure_dot``).
 
 from __future__ import annotations
 
+import functools
 import math
 import os
+import re
 import shutil
+import subprocess
 import sys
 import sysconfig
+import time
+import warnings
 from pathlib import Path
 
 import graphviz
@@ -27,9 +32,30 @@ COLORS = {"input": "#d9f2d9", "param": "#fff5cc", "state": "#cfe2ff", "var": "#e
           "init": "#e8e0f5", "loss": "#ffd6d6", "op": "white"}
 FONT = "Helvetica"
 
+# Layout time grows much faster than the graph (graphviz-pure, one core: an unrolled GRU of
+# 26 nodes x 12 steps = 312 takes 1 s, x 16 steps = 416 takes 35 s, a 3-layer LSTM over 12
+# steps ran 14 minutes). So a drawing of one node per operation, the folded cell or the full
+# unrolled graph, has at most MAX_FULL_NODES nodes (a cell's nodes x steps); past it the
+# unrolled graph is drawn compact (one box per step and layer), which lays out in
+# seconds up to MAX_COMPACT_NODES boxes (steps x layers); past that it is refused.
+MAX_FULL_NODES = 360
+MAX_COMPACT_NODES = 2000
+LAYOUT_TIMEOUT_S = 120  # a layout that still runs after this is stopped, with a hint
+PROGRESS_NODES = 150  # save(progress=True): a line on stderr before laying out this many
+PROGRESS_EVERY_S = 10  # ... and another this often while dot runs
+FORMATS = ("svg", "png", "pdf")  # laid out by dot (when the binary has them), and dot/gv
+
 
 class RenderError(UnrollError, RuntimeError):
     """No way to lay out a graph, or an unknown output format."""
+
+
+class GraphTooLarge(RenderError, ValueError):
+    """A drawing with more nodes than its layout can take in reasonable time."""
+
+
+class RenderWarning(UserWarning):
+    """A large unrolled graph was drawn compact instead of in full."""
 
 
 # ------------------------------------------------------------------ finding dot
@@ -79,19 +105,143 @@ except RenderError:
     pass  # save() says so when it needs dot
 
 
-def save(graph: graphviz.Digraph, path: str | os.PathLike) -> Path:
-    """Write ``graph`` to ``path``; the suffix picks the format (.svg, .png, .dot, .gv)."""
+@functools.cache
+def dot_formats(dot: Path) -> frozenset[str]:
+    """The output formats of the Graphviz binary ``dot``, as ``dot -T?`` lists them
+    (graphviz-pure has svg and png but no pdf); empty if it does not say."""
+    try:
+        out = subprocess.run([str(dot), "-T?"], stdin=subprocess.DEVNULL, capture_output=True,
+                             text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return frozenset()
+    listed = re.search(r"Use one of:(.*)", out.stderr + out.stdout)
+    return frozenset(f.split(":")[0] for f in listed.group(1).split()) if listed else frozenset()
+
+
+def _one_of(items) -> str:
+    items = list(items)
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} or {items[-1]}"
+
+
+def supported_suffixes() -> list[str]:
+    """The file suffixes ``save`` can write here: those laid out by the dot found, and .dot."""
+    found = find_dot()
+    known = dot_formats(found) if found else frozenset()
+    return [f".{f}" for f in FORMATS if f in known or (found and not known and f != "pdf")] + [
+        ".dot"]
+
+
+def graph_size(graph: graphviz.Digraph) -> tuple[int, int]:
+    """(nodes, edges) of a Digraph, counted from its DOT statements."""
+    nodes = edges = 0
+    for line in graph.body:
+        stmt = line.strip()
+        if " -> " in stmt:
+            edges += 1
+        elif "[" in stmt and not stmt.startswith(("graph ", "node ", "edge ")):
+            nodes += 1
+    return nodes, edges
+
+
+def why_not_writable(path: str | os.PathLike) -> str | None:
+    """Why the file ``path`` cannot be written, found before any work is done (a folder
+    there, a file where a folder should be, no permission); None if it may be written."""
+    path = Path(path)
+    if path.is_dir():
+        return f"'{path}' is a folder; give a file name such as {path / 'graph.svg'}"
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"'{folder}' is a file, not a folder"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"no permission to write in '{folder}'"
+    return None
+
+
+def check_output(path: str | os.PathLike) -> str:
+    """The format ``save`` writes ``path`` in ('svg', 'png', 'dot', ...), or RenderError
+    saying why it cannot: an unknown suffix, a format the Graphviz found lacks (pdf for
+    graphviz-pure), a folder in the way. Cheap: call it before long work."""
     path = Path(path)
     fmt = path.suffix.lower().lstrip(".")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if fmt not in ("dot", "gv", *FORMATS):
+        raise RenderError(f"cannot write '{path.name}': use a "
+                          f"{_one_of(supported_suffixes())} file")
+    if fmt not in ("dot", "gv"):
+        dot = ensure_dot()
+        known = dot_formats(dot)
+        if known and fmt not in known:
+            raise RenderError(f"cannot write '{path.name}': the Graphviz here ({dot.name}) has "
+                              f"no {fmt.upper()} output; use a {_one_of(supported_suffixes())} "
+                              f"file (or install Graphviz, whose dot writes .{fmt})")
+    why = why_not_writable(path)
+    if why:
+        raise RenderError(f"cannot write '{path}': {why}")
+    return fmt
+
+
+def save(graph: graphviz.Digraph, path: str | os.PathLike, progress: bool = False,
+         timeout: float = LAYOUT_TIMEOUT_S) -> Path:
+    """Write ``graph`` to ``path``; the suffix picks the format (.svg, .png, .dot, .gv, and
+    .pdf where the Graphviz found has it). ``progress``: lines on stderr while a large
+    layout runs. A layout still running after ``timeout`` seconds is stopped (RenderError).
+    """
+    path = Path(path)
+    fmt = check_output(path)
     if fmt in ("dot", "gv"):
-        path.write_text(graph.source)
-        return path
-    if fmt not in ("svg", "png", "pdf"):
-        raise RenderError(f"cannot write '{path.name}': use a .svg, .png, .pdf or .dot file")
-    ensure_dot()
-    path.write_bytes(graph.pipe(format=fmt))
+        _write(path, graph.source.encode("utf-8"))
+    else:
+        _write(path, _layout(graph, ensure_dot(), fmt, progress, timeout))
     return path
+
+
+def _write(path: Path, data: bytes) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    except OSError as e:
+        raise RenderError(f"cannot write '{path}': {e.strerror or e}") from None
+
+
+def _layout(graph, dot: Path, fmt: str, progress: bool, timeout: float) -> bytes:
+    """Run ``dot -T fmt`` on the graph's source; lines on stderr while it takes long."""
+    nodes, edges = graph_size(graph)
+
+    def say(msg):
+        if progress:
+            print(msg, file=sys.stderr, flush=True)
+
+    if nodes >= PROGRESS_NODES:
+        say(f"laying out {nodes} nodes and {edges} edges with {dot.name} ...")
+    t0 = time.monotonic()
+    proc = subprocess.Popen([str(dot), "-Kdot", f"-T{fmt}"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    data = graph.source.encode("utf-8")
+    try:
+        while True:
+            left = timeout - (time.monotonic() - t0)
+            try:
+                out, err = proc.communicate(data, timeout=max(0.01, min(PROGRESS_EVERY_S, left)))
+                break
+            except subprocess.TimeoutExpired:
+                data = None  # already sent
+                took = time.monotonic() - t0
+                if took >= timeout:
+                    raise RenderError(
+                        f"the layout of {nodes} nodes and {edges} edges did not finish in "
+                        f"{timeout:.0f} s and was stopped: draw fewer steps, the compact view, "
+                        f"or write a .dot file (no layout) and lay it out elsewhere") from None
+                say(f"laying out {nodes} nodes and {edges} edges with {dot.name}: "
+                    f"{took:.0f} s so far (stopped at {timeout:.0f} s)")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    if proc.returncode != 0:
+        first = (err.decode("utf-8", "replace").strip().splitlines() or ["no message"])[0]
+        raise RenderError(f"{dot.name} failed to lay out the graph ({first})")
+    return out
 
 
 def _digraph(name: str, rankdir: str = "LR", **attrs) -> graphviz.Digraph:
@@ -141,6 +291,11 @@ def cell(cell, title: str | None = None) -> graphviz.Digraph:
     """The folded cell: inputs, parameters, operations, states; the recurrent (delay)
     edges dashed red and labelled ``t-1`` (or ``t-k``). Shapes in labels and on hover."""
     cell = getattr(cell, "cell", cell)
+    n = cell.graph.number_of_nodes()
+    if n > MAX_FULL_NODES:
+        raise GraphTooLarge(f"the folded cell has {n} nodes, more than the "
+                            f"{MAX_FULL_NODES} (render.MAX_FULL_NODES) whose layout takes "
+                            f"seconds, not minutes; its equations are its readable form")
     g = _digraph("cell", rankdir="LR", label=title or "folded cell: A -> A", labelloc="t")
     for name, data in cell.graph.nodes(data=True):
         style = _node_style(data["kind"], name, data["op"], data["shape"],
@@ -183,18 +338,55 @@ def _layer_of(node: str | None) -> int:
     return 0
 
 
+def full_view_nodes(cell_or_model, steps: int) -> int:
+    """The size of the full unrolled drawing: the cell's nodes (all layers) x steps."""
+    _, full, _ = _target(cell_or_model)
+    return full.graph.number_of_nodes() * steps
+
+
+def choose_compact(cell_or_model, steps: int, compact: bool | None = None) -> bool:
+    """Whether the unrolled graph is drawn compact: ``compact`` if given, else for steps
+    > 12 or more than MAX_FULL_NODES nodes (a RenderWarning says so when only the size
+    decides). GraphTooLarge if the drawing asked for would take minutes to lay out."""
+    _, _, layers = _target(cell_or_model)
+    if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    size = full_view_nodes(cell_or_model, steps)
+    if compact is None:
+        compact = steps > 12 or size > MAX_FULL_NODES
+        if compact and steps <= 12:
+            warnings.warn(f"the unrolled graph would have {size} nodes (cell nodes x steps), "
+                          f"more than render.MAX_FULL_NODES = {MAX_FULL_NODES}: drawn compact, "
+                          f"one box per step and layer", RenderWarning, stacklevel=3)
+    elif not compact and size > MAX_FULL_NODES:
+        raise GraphTooLarge(f"the full unrolled graph would have {size} nodes (cell nodes x "
+                            f"steps), more than render.MAX_FULL_NODES = {MAX_FULL_NODES} whose "
+                            f"layout takes seconds, not minutes: draw it compact "
+                            f"(compact=True), or at most {max(1, MAX_FULL_NODES * steps // size)}"
+                            f" steps")
+    if compact and steps * layers > MAX_COMPACT_NODES:
+        raise GraphTooLarge(f"the compact view of {steps} steps x {layers} layer"
+                            f"{'s' if layers > 1 else ''} would have {steps * layers} boxes, more "
+                            f"than render.MAX_COMPACT_NODES = {MAX_COMPACT_NODES}: draw at most "
+                            f"{MAX_COMPACT_NODES // layers} steps (the picture of a long unroll "
+                            f"repeats itself)")
+    return compact
+
+
 def unrolled(cell_or_model, steps: int = 4, compact: bool | None = None,
              loss: bool = True, title: str | None = None) -> graphviz.Digraph:
     """The unrolled graph, A -> B: one cluster per time step, left to right; parameters
     drawn once with their tied edges into every step; initial states; the loss.
 
-    ``compact`` (default for steps > 12) draws each step (and layer) as one node, so
-    T = 200 stays readable; stacked layers form a time x depth grid.
+    ``compact`` (default for steps > 12, or when the full drawing would have more than
+    MAX_FULL_NODES nodes) draws each step (and layer) as one node, so T = 200 stays
+    readable; stacked layers form a time x depth grid. Drawings too large to lay out in
+    seconds raise GraphTooLarge (see ``choose_compact``).
     """
     import rnn
 
     _, full, layers = _target(cell_or_model)
-    compact = steps > 12 if compact is None else compact
+    compact = choose_compact(cell_or_model, steps, compact)
     if compact:
         return _compact(full, steps, layers, loss, None, (), title)
     un = rnn.unroll(full, steps)
@@ -400,10 +592,13 @@ def gradients(model, xs, targets, loss: str = "mse", at: str = "all", truncate=N
     so vanishing and exploding gradients are seen; truncation shows as cut edges."""
     import rnn
 
+    T = np.shape(xs)[1] if np.ndim(xs) == 3 else None
+    if T is not None:  # before BPTT runs: a drawing too large is refused at once
+        compact = choose_compact(model, T, compact)
     res = rnn.bptt(model, xs, targets, loss=loss, at=at, truncate=truncate, mask=mask,
                    initial_state=initial_state, executor="reference", keep_adjoints=True)
     T = np.asarray(xs).shape[1]
-    compact = T > 12 if compact is None else compact
+    compact = choose_compact(model, T, compact)
     k = truncate if isinstance(truncate, int) else (truncate[0] if truncate else None)
     cuts = tuple(range(k, T, k)) if k else ()
     title = title or (f"gradient flow: ||dL/d state|| per step (loss {res.loss:.3g}"
