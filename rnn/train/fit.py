@@ -150,7 +150,7 @@ class Progress:
                             file=None if notebook else sys.stderr, dynamic_ncols=True,
                             leave=True)
 
-    def update(self, n: int, text: str) -> None:
+    def update(self, n: int, text: str, last: bool = False) -> None:
         if not self.enabled:
             return
         if self.bar is not None:
@@ -160,13 +160,13 @@ class Progress:
                 self.close()
             return
         tenth = 10 * n // self.total
-        if tenth == self.shown and n != self.total:
+        if tenth == self.shown and n != self.total and not last:
             return
         from tqdm import tqdm
 
         self.shown = tenth
         line = tqdm.format_meter(n, self.total, time.perf_counter() - self.t0, prefix=text,
-                                 bar_format=self.format, ascii=True, initial=self.initial)
+                                 bar_format=self.format, ascii=".#", initial=self.initial)
         sys.stderr.write(line + "\n")
         sys.stderr.flush()
 
@@ -326,7 +326,7 @@ def fit(model: Model, xs, ys, loss: str = "mse", optimizer=None, epochs: int = 1
             hist.val_losses.append(vres.loss)
             text += f" val {vres.loss:.5g}"
         run.stopped = any([bool(cb(epoch, hist, model)) for cb in callbacks])  # all run
-        bar.update(epoch + 1, text + (" (stopped)" if run.stopped else ""))
+        bar.update(epoch + 1, text + (" (stopped)" if run.stopped else ""), run.stopped)
         hist.seconds = time.perf_counter() - t0
         run.save(epoch + 1, 0, None, None, 0.0, 0)
         if run.stopped:
