@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -112,3 +113,57 @@ def test_a_digraph_shows_inline_before_any_save(tmp_path):
     out = _render_in_subprocess(tmp_path, [], code)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "True"
+
+
+# ------------------------------------------------------------------ large graphs
+def test_large_unrolls_switch_to_compact_with_a_warning_or_are_refused():
+    model = rnn.Model(rnn.cells.lstm(1, 3), layers=3)
+    assert render.full_view_nodes(model, 12) > render.MAX_FULL_NODES
+    with pytest.warns(render.RenderWarning, match="MAX_FULL_NODES"):
+        src = render.unrolled(model, steps=12).source
+    assert "s11_2" in src and "cluster_" not in src
+    with pytest.raises(ValueError, match="compact=True"):  # a GraphTooLarge
+        render.unrolled(model, steps=12, compact=False)
+    with pytest.raises(render.GraphTooLarge, match="MAX_COMPACT_NODES"):
+        render.unrolled(rnn.cells.gru(1, 3), steps=render.MAX_COMPACT_NODES + 1)
+
+
+def test_gradients_refuse_a_huge_drawing_before_running_bptt(monkeypatch):
+    m = rnn.Model(rnn.cells.elman(1, 2), head=1)
+    monkeypatch.setattr(rnn, "bptt", lambda *a, **k: pytest.fail("BPTT ran"))
+    xs = np.zeros((1, render.MAX_COMPACT_NODES + 1, 1))
+    with pytest.raises(render.GraphTooLarge):
+        render.gradients(m, xs, np.zeros((1, 1)), at="last")
+
+
+def test_the_readme_picture_stays_the_full_graph():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        src = render.unrolled(rnn.cells.lstm(1, 8), steps=4).source
+    assert "cluster_3" in src and "s0_0" not in src
+
+
+def test_layouts_report_progress_and_stop_at_the_timeout(tmp_path, capsys, monkeypatch):
+    slow = tmp_path / "slow-dot"  # a dot that never finishes
+    slow.write_text("#!/bin/sh\nexec sleep 30\n")
+    slow.chmod(0o755)
+    monkeypatch.setattr(render, "ensure_dot", lambda: slow)
+    monkeypatch.setattr(render, "dot_formats", lambda dot: frozenset({"svg"}))
+    monkeypatch.setattr(render, "PROGRESS_EVERY_S", 0.2)
+    g = render.unrolled(rnn.cells.gru(1, 3), steps=12)
+    assert render.graph_size(g)[0] >= render.PROGRESS_NODES
+    with pytest.raises(render.RenderError, match="did not finish in 1 s"):
+        render.save(g, tmp_path / "g.svg", progress=True, timeout=1)
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith(f"laying out {render.graph_size(g)[0]} nodes")
+    assert len(err) >= 3 and "s so far" in err[-1]  # a line every PROGRESS_EVERY_S
+    assert not (tmp_path / "g.svg").exists()
+
+
+def test_formats_the_renderer_lacks_are_refused_by_name(tmp_path):
+    dot = render.find_dot()
+    if dot is None or "pdf" in render.dot_formats(dot):
+        pytest.skip("this Graphviz writes PDF")
+    with pytest.raises(render.RenderError, match=r"no PDF output; use a \.svg, \.png or \.dot"):
+        render.save(render.cell(rnn.cells.elman(1, 2)), tmp_path / "c.pdf")
+    assert render.supported_suffixes() == [".svg", ".png", ".dot"]

@@ -111,7 +111,7 @@ def dot_formats(dot: Path) -> frozenset[str]:
     (graphviz-pure has svg and png but no pdf); empty if it does not say."""
     try:
         out = subprocess.run([str(dot), "-T?"], stdin=subprocess.DEVNULL, capture_output=True,
-                             text=True, timeout=30)
+                             text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return frozenset()
     listed = re.search(r"Use one of:(.*)", out.stderr + out.stdout)
