@@ -362,7 +362,7 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--compact", action="store_true", default=None,
                     help="one node per step and layer (the default when steps > 12 or when the "
                          "full graph, cell nodes x steps, is too large to lay out quickly)")
-    sp.add_argument("--truncate", type=int, default=None)
+    sp.add_argument("--truncate", type=positive, default=None)
     sp.add_argument("-o", "--output", help="FILE.svg, .png or .dot (.pdf with a system "
                     "Graphviz; default out/CELL.svg)")
     sp.set_defaults(func=cmd_render)
@@ -381,7 +381,7 @@ def parser() -> argparse.ArgumentParser:
     sp = add("gradcheck", "BPTT against finite differences in float64")
     cell_args(sp)
     sp.add_argument("--steps", type=positive, default=4)
-    sp.add_argument("--truncate", type=int, default=None)
+    sp.add_argument("--truncate", type=positive, default=None)
     sp.set_defaults(func=cmd_gradcheck)
 
     sp = add("train", "train a cell on a task: airline, adding, copy, sine")
@@ -393,7 +393,7 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--epochs", type=positive, default=20)
     sp.add_argument("--batch-size", type=positive, default=32)
     sp.add_argument("--lr", type=positive_float, default=1e-2)
-    sp.add_argument("--truncate", type=int, default=None)
+    sp.add_argument("--truncate", type=positive, default=None)
     sp.add_argument("--save", metavar="FILE", help="write the trained model (rnn.Model.load "
                     "reads it back)")
     sp.add_argument("--checkpoint", metavar="FILE", help="save the run after every epoch "

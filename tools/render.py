@@ -352,12 +352,9 @@ def choose_compact(cell_or_model, steps: int, compact: bool | None = None) -> bo
     if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
     size = full_view_nodes(cell_or_model, steps)
+    switched = compact is None and steps <= 12 and size > MAX_FULL_NODES
     if compact is None:
         compact = steps > 12 or size > MAX_FULL_NODES
-        if compact and steps <= 12:
-            warnings.warn(f"the unrolled graph would have {size} nodes (cell nodes x steps), "
-                          f"more than render.MAX_FULL_NODES = {MAX_FULL_NODES}: drawn compact, "
-                          f"one box per step and layer", RenderWarning, stacklevel=3)
     elif not compact and size > MAX_FULL_NODES:
         raise GraphTooLarge(f"the full unrolled graph would have {size} nodes (cell nodes x "
                             f"steps), more than render.MAX_FULL_NODES = {MAX_FULL_NODES} whose "
@@ -365,11 +362,17 @@ def choose_compact(cell_or_model, steps: int, compact: bool | None = None) -> bo
                             f"(compact=True), or at most {max(1, MAX_FULL_NODES * steps // size)}"
                             f" steps")
     if compact and steps * layers > MAX_COMPACT_NODES:
-        raise GraphTooLarge(f"the compact view of {steps} steps x {layers} layer"
+        fix = (f"draw at most {MAX_COMPACT_NODES // layers} steps (the picture of a long "
+               f"unroll repeats itself)" if layers <= MAX_COMPACT_NODES else
+               f"draw at most {MAX_COMPACT_NODES} layers")
+        raise GraphTooLarge(f"the compact view of {steps} step{'s' if steps > 1 else ''} x "
+                            f"{layers} layer"
                             f"{'s' if layers > 1 else ''} would have {steps * layers} boxes, more "
-                            f"than render.MAX_COMPACT_NODES = {MAX_COMPACT_NODES}: draw at most "
-                            f"{MAX_COMPACT_NODES // layers} steps (the picture of a long unroll "
-                            f"repeats itself)")
+                            f"than render.MAX_COMPACT_NODES = {MAX_COMPACT_NODES}: {fix}")
+    if switched:
+        warnings.warn(f"the unrolled graph would have {size} nodes (cell nodes x steps), "
+                      f"more than render.MAX_FULL_NODES = {MAX_FULL_NODES}: drawn compact, "
+                      f"one box per step and layer", RenderWarning, stacklevel=3)
     return compact
 
 
