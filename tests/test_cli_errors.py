@@ -167,3 +167,12 @@ def test_the_readme_picture_is_the_full_graph(tmp_path, capsys):
     src = (tmp_path / "u.dot").read_text()
     assert "cluster_3" in src and "weight_hh" in src
     assert capsys.readouterr().err == ""
+
+
+def test_output_piped_into_head_ends_quietly():
+    proc = subprocess.Popen([sys.executable, "-m", "tools.cli", "trace", "lstm", "--steps",
+                             "400"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.readline().startswith(b"BPTT trace")
+    proc.stdout.close()  # what `| head -1` does
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 141 and err == ""

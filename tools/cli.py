@@ -450,6 +450,12 @@ def main(argv=None) -> int:
         warnings.showwarning = one_line
         try:
             return args.func(args) or 0
+        except BrokenPipeError:  # `unroll trace ... | head`: the reader has gone, as with cat
+            try:
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            except (OSError, ValueError):
+                pass  # no real stdout (tests capture it)
+            return 141  # 128 + SIGPIPE, what the shell reports for cat
         except (UserError, UnrollError, ValueError, TypeError, OSError) as e:  # not our bug
             if os.environ.get("UNROLL_DEBUG"):
                 raise
