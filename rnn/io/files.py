@@ -96,7 +96,9 @@ def load_checkpoint(path) -> tuple[dict, dict]:
 def _write(path: Path, fmt: str, tensors: dict, meta: dict) -> None:
     from safetensors.numpy import save as to_bytes
 
-    tensors = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+    # np.asarray(order="C"), not np.ascontiguousarray: that one turns a scalar parameter
+    # (shape ()) into shape (1,), and such a file did not load back
+    tensors = {k: np.asarray(v, order="C") for k, v in tensors.items()}
     for k, v in tensors.items():
         if not all_finite(v):
             raise ValueError(f"'{k}' holds NaN or inf; {path} not written")
@@ -260,7 +262,7 @@ def _digest(tensors: dict) -> str:
     safetensors has no checksum, and a flipped bit in the weights must not load."""
     h = hashlib.sha256()
     for k in sorted(tensors):
-        a = np.ascontiguousarray(tensors[k])
+        a = np.ascontiguousarray(tensors[k])  # () hashes as (1,): files written before
         h.update(f"{k}:{a.dtype.str}:{a.shape};".encode())
         h.update(a.tobytes())
     return h.hexdigest()
