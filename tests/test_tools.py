@@ -144,3 +144,29 @@ def test_train_saves_the_model_and_resumes_from_a_checkpoint(tmp_path, capsys):
     assert main(base + ["--epochs", "1", "--save", str(tmp_path / "no" / "m.unroll")]) == 2
     err = capsys.readouterr().err
     assert "cannot write" in err and "Traceback" not in err
+
+
+def test_derive_prints_the_backward_recurrence(capsys):
+    assert main(["derive", "lstm"]) == 0
+    out = capsys.readouterr().out
+    assert "dc[t-1] += dc * sigmoid(f)" in out and "dh[t-1] += weight_hh.T @ dz" in out
+
+
+def test_cell_files_take_the_size_flags_and_default_sizes(tmp_path, capsys):
+    f = tmp_path / "e.cell"
+    f.write_text("h = relu(W @ x + U @ h[t-1] + b)  # no size header\n")
+    assert main(["render", str(f), "-o", str(tmp_path / "e.svg")]) == 0  # h gets 8
+    assert main(["train", "adding", "--cell", str(f), "--states", "h=5", "--epochs", "1",
+                 "--samples", "32"]) == 0
+    out = capsys.readouterr().out
+    assert "46 parameters" in out  # W 5x2, U 5x5, b 5, head 6: the flag was used
+    assert main(["train", "adding", "--cell", str(f), "--hidden-size", "3", "--epochs", "1",
+                 "--samples", "32"]) == 0
+    assert "22 parameters" in capsys.readouterr().out  # W 6, U 9, b 3, head 4
+
+
+def test_train_chars_ends_with_the_bits_per_char_line(capsys):
+    assert main(["train", "chars", "--cell", "gru", "--hidden-size", "16", "--epochs", "1",
+                 "--batch-size", "64"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("bits/char: unigram 4.316, bigram 3.186, gru ")

@@ -21,6 +21,12 @@ import rnn
 from rnn.data import tasks
 
 
+def vocabulary() -> str:
+    """The symbols of the text, sorted: class k is ``vocabulary()[k]``."""
+    text, valid = tasks.chars()
+    return "".join(sorted(set(text + valid)))
+
+
 def bits_per_char(model, ids: np.ndarray, V: int, batch: int = 16, steps: int = 256) -> float:
     """Validation bits per character of ``model`` over ``ids``: ``batch`` streams read
     ``steps`` at a time, the state carried; every character after a stream's first is
@@ -40,11 +46,14 @@ def bits_per_char(model, ids: np.ndarray, V: int, batch: int = 16, steps: int = 
 
 def train(cell: str = "lstm", hidden: int = 128, epochs: int = 12, batch: int = 32,
           steps: int = 64, lr: float = 1e-2, seed: int = 0, sample: int = 160,
-          temperature: float = 0.6, say=print, cell_obj=None) -> dict:
-    """Train a character model; returns {"cell", "bpc", "unigram", "bigram", "seconds",
-    "sample", "history"}. ``say`` gets one line per epoch (and the samples)."""
+          temperature: float = 0.6, say=print, cell_obj=None, layers: int = 1,
+          save=None) -> dict:
+    """Train a character model (``cell``: a built-in's name, or ``cell_obj`` a Cell of
+    one input of the vocabulary's size); returns {"cell", "bpc", "unigram", "bigram",
+    "seconds", "sample", "history", "model"}. ``say`` gets one line per epoch (and the
+    samples); ``save``: write the trained model there."""
     text, valid = tasks.chars()
-    vocab = "".join(sorted(set(text + valid)))
+    vocab = vocabulary()
     V = len(vocab)
     idx = {c: i for i, c in enumerate(vocab)}
     ids = np.array([idx[c] for c in text], np.int64)
@@ -55,7 +64,7 @@ def train(cell: str = "lstm", hidden: int = 128, epochs: int = 12, batch: int = 
     xi, yi = tasks.char_streams(ids, batch, steps)
     xs = np.eye(V, dtype=np.float32)[xi]
     c = cell_obj if cell_obj is not None else rnn.cells.BUILTINS[cell](V, hidden)
-    model = rnn.Model(c, head=V, dtype="float32", seed=seed)
+    model = rnn.Model(c, layers=layers, head=V, dtype="float32", seed=seed)
     opt = rnn.optim.Adam(lr=lr)
     t0, text_out, hist = time.perf_counter(), "", []
     for epoch in range(1, epochs + 1):
@@ -70,5 +79,8 @@ def train(cell: str = "lstm", hidden: int = 128, epochs: int = 12, batch: int = 
         say(f"epoch {epoch}/{epochs}: train {hist[-1][0]:.3f}, validation {bpc:.3f} "
             f"bits/char ({time.perf_counter() - t0:.0f} s)")
         say("  | " + text_out.replace("\n", "\n  | "))
+    took = time.perf_counter() - t0
+    if save:
+        say(f"model written to {model.save(save)}")
     return {"cell": cell, "bpc": hist[-1][1], "unigram": uni, "bigram": bi,
-            "seconds": time.perf_counter() - t0, "sample": text_out, "history": hist}
+            "seconds": took, "sample": text_out, "history": hist, "model": model}

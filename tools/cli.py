@@ -20,9 +20,11 @@ EXAMPLES = {
               "  unroll render elman --steps 40 --grad -o out/elman_grad.svg",
     "trace": "unroll trace elman --steps 3 --hidden-size 2",
     "gradcheck": "unroll gradcheck my_cell.cell --steps 5",
-    "train": "unroll train adding --cell lstm --steps 30 --epochs 20",
+    "train": "unroll train adding --cell lstm --steps 30 --epochs 20\n"
+             "  unroll train chars --cell gru          # a character-level language model",
     "bench": "unroll bench --quick",
     "compile": "unroll compile lstm --show --layers 2",
+    "derive": "unroll derive lstm                   # why the cell state's gradient survives",
 }
 
 
@@ -60,7 +62,11 @@ def load_cell(spec: str, input_size: int, hidden_size: int, inputs=None, states=
         head = {k: v for k, v in re.findall(r"^#\s*(inputs|states|sizes|outputs):\s*(.+)$",
                                               text, re.M)}
         ins = inputs or _sizes(head.get("inputs")) or {"x": input_size}
-        sts = states or _sizes(head.get("states"))
+        # no sizes given: every variable read with a delay is a state of hidden_size, as
+        # the built-ins get (the sizes header, --states or --hidden-size say otherwise)
+        sts = states or _sizes(head.get("states")) or {
+            v: hidden_size for v in re.findall(r"\b([A-Za-z_]\w*)\s*\[\s*t\s*-", _code(text))
+            if v not in ins}
         sizes = _sizes(head.get("sizes"))
         outs = [o.strip() for o in head["outputs"].split(",")] if "outputs" in head else None
         return rnn.Cell.from_equations(text, inputs=ins, states=sts, sizes=sizes, outputs=outs)
@@ -90,6 +96,11 @@ def load_cell(spec: str, input_size: int, hidden_size: int, inputs=None, states=
         raise UserError(f"'{spec}' is a {type(obj).__name__}, expected a rnn.Cell or rnn.Model")
     raise UserError(f"unknown cell '{spec}': expected a built-in "
                     f"({', '.join(sorted(rnn.cells.BUILTINS))}), a .cell file, or module:attr")
+
+
+def _code(text: str) -> str:
+    """The equations of a .cell file without their comments."""
+    return "\n".join(line.split("#", 1)[0] for line in text.splitlines())
 
 
 def _where(e: BaseException) -> str:
@@ -222,29 +233,36 @@ def cmd_train(args):
 
         y = rnn.tasks.airline()[1]
         split = int(len(y) * 0.67)
-        cell = load_cell(args.cell, 1, args.hidden_size)
+        cell = load_cell(args.cell, 1, args.hidden_size or 16, _sizes(args.inputs) or None,
+                         _sizes(args.states) or None)
         cell = cell.cell if isinstance(cell, rnn.Model) else cell
         if list(cell.inputs.values()) != [1]:
             raise UserError(f"the airline task feeds one number per step; '{args.cell}' takes "
                             f"inputs {cell.inputs}")
-        g = demo.GrowthRNN(y, epochs=args.epochs, cell=cell)
+        g = demo.GrowthRNN(y, epochs=args.epochs or 20, cell=cell)
         g.fit(np.arange(demo.SEASON + 1, split), progress=True)
         test = np.arange(split, len(y))
         print(f"airline next-month test RMSE: {demo.rmse(g.predict(test), y[test]):.2f} "
               f"thousand passengers")
         return 0
+    if task == "chars":
+        return _train_chars(args)
+    args.hidden_size = args.hidden_size or 16
+    args.epochs = args.epochs or 20
+    args.steps = args.steps or 20
     makers = {"adding": lambda n, s: rnn.tasks.adding(n, args.steps, seed=s),
               "copy": lambda n, s: rnn.tasks.copy_memory(n, args.steps, seed=s),
               "sine": lambda n, s: rnn.tasks.sine(n, args.steps, seed=s)}
     if task not in makers:
-        raise UserError(f"unknown task '{task}': choose airline, adding, copy or sine")
+        raise UserError(f"unknown task '{task}': choose airline, adding, copy, sine or chars")
     xs, ys = makers[task](args.samples, args.seed)
     vx, vy = makers[task](max(args.samples // 4, 8), args.seed + 1)
     loss, at = {"adding": ("mse", "last"), "copy": ("cross_entropy", "all"),
                 "sine": ("mse", "all")}[task]
     out_size = xs.shape[-1] if task == "copy" else 1
     args.input_size = xs.shape[-1]
-    obj = load_cell(args.cell, args.input_size, args.hidden_size)
+    obj = load_cell(args.cell, args.input_size, args.hidden_size, _sizes(args.inputs) or None,
+                    _sizes(args.states) or None)
     model = obj if isinstance(obj, rnn.Model) else rnn.Model(obj, layers=args.layers,
                                                              head=out_size, seed=args.seed)
     if args.resume and not args.checkpoint:
@@ -267,6 +285,38 @@ def cmd_train(args):
     print(f"final loss: train {hist.losses[-1]:.4f}, validation {hist.val_losses[-1]:.4f}"
           f"{' (' + base + ')' if base else ''}; {hist.seconds:.1f}s")
     return 0
+
+
+def _train_chars(args):
+    """``unroll train chars``: the character-level language model (tools/chars.py)."""
+    import rnn
+
+    from . import chars
+
+    V = len(chars.vocabulary())
+    obj = load_cell(args.cell, V, args.hidden_size or 128, _sizes(args.inputs) or None,
+                    _sizes(args.states) or None)
+    cell = obj.cell if isinstance(obj, rnn.Model) else obj
+    if list(cell.inputs.values()) != [V]:
+        raise UserError(f"the chars task feeds one-hot characters ({V} symbols) to one input; "
+                        f"'{args.cell}' takes inputs {cell.inputs}")
+    _writable(args.save, "--save")
+    r = chars.train(args.cell, epochs=args.epochs or 12, steps=args.steps or 64,
+                    batch=args.batch_size, lr=args.lr, seed=args.seed, cell_obj=cell,
+                    layers=args.layers, save=args.save)
+    name = Path(args.cell).stem if args.cell.endswith(".cell") else args.cell
+    print(f"bits/char: unigram {r['unigram']:.3f}, bigram {r['bigram']:.3f}, "
+          f"{name} {r['bpc']:.3f} (validation; {r['seconds']:.0f} s)")
+    return 0
+
+
+def cmd_derive(args):
+    import rnn
+
+    from .derive import derive
+
+    obj = _cell(args)
+    print(derive(obj.full if isinstance(obj, rnn.Model) else obj).text(), end="")
 
 
 def cmd_compile(args):
@@ -384,13 +434,14 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--truncate", type=positive, default=None)
     sp.set_defaults(func=cmd_gradcheck)
 
-    sp = add("train", "train a cell on a task: airline, adding, copy, sine")
+    sp = add("train", "train a cell on a task: airline, adding, copy, sine, chars")
     sp.add_argument("task", metavar="TASK")
     sp.add_argument("--cell", default="lstm")
     cell_args(sp, cell=False)
-    sp.add_argument("--steps", type=positive, default=20, help="sequence length (lag for copy)")
+    sp.add_argument("--steps", type=positive, default=None,
+                    help="sequence length, 20 (lag for copy; chars: the BPTT window, 64)")
     sp.add_argument("--samples", type=positive, default=1024)
-    sp.add_argument("--epochs", type=positive, default=20)
+    sp.add_argument("--epochs", type=positive, default=None, help="20 (chars: 12)")
     sp.add_argument("--batch-size", type=positive, default=32)
     sp.add_argument("--lr", type=positive_float, default=1e-2)
     sp.add_argument("--truncate", type=positive, default=None)
@@ -400,7 +451,7 @@ def parser() -> argparse.ArgumentParser:
                     "(and every 10 updates) to FILE")
     sp.add_argument("--resume", action="store_true", help="go on from --checkpoint if it "
                     "exists")
-    sp.set_defaults(func=cmd_train, hidden_size=16)
+    sp.set_defaults(func=cmd_train, hidden_size=None)
 
     sp = add("compile", "the compiled time loop generated for a cell: the unrolled program "
                         "rolled back into one loop")
@@ -410,6 +461,11 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--masked", action="store_true", help="the step for ragged batches")
     sp.add_argument("--head", type=positive, default=None, help="a dense head of this size")
     sp.set_defaults(func=cmd_compile)
+
+    sp = add("derive", "the backward recurrence of a cell as equations: reverse mode over one "
+                       "step, written out (dh[t-1] = ...)")
+    cell_args(sp)
+    sp.set_defaults(func=cmd_derive)
 
     sp = add("bench", "time a BPTT training step against PyTorch and JAX, side by side "
                       "(peers that are not installed are skipped)")
