@@ -170,3 +170,11 @@ def test_train_chars_ends_with_the_bits_per_char_line(capsys):
                  "--batch-size", "64"]) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("bits/char: unigram 4.316, bigram 3.186, gru ")
+
+
+def test_a_size_hint_speaks_cli(tmp_path, capsys):
+    f = tmp_path / "a.cell"
+    f.write_text("# states: h=4\nh = tanh(W @ a + U @ h[t-1])\na = V @ x\n")
+    assert main(["render", str(f), "-o", str(tmp_path / "a.svg")]) == 2
+    err = capsys.readouterr().err
+    assert "'# sizes: NAME=N' line" in err and "--states NAME=N" in err

@@ -516,6 +516,9 @@ def main(argv=None) -> int:
             if os.environ.get("UNROLL_DEBUG"):
                 raise
             msg = _os_message(e) if isinstance(e, OSError) else str(e)
+            if "sizes={" in msg:  # the library's hint speaks Python: say the flags too
+                msg += ("; on the command line: --states NAME=N (or --hidden-size N), "
+                        "--inputs NAME=N, or a '# sizes: NAME=N' line in the .cell file")
             print(f"unroll {args.command}: error: {msg}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
