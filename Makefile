@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-nojit lint bench clean
+.PHONY: demo test test-nojit lint bench fuzz clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,14 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/unroll bench
+
+# 100,000 generated cases against the equation parser and the model-file loader (about
+# 20 minutes), then 200 cells with Numba's JIT on; faults' cases go to out/fuzz/
+# (tests/fuzz/run.py --help; FUZZ_SEED=n for another seed)
+FUZZ_SEED ?= 0
+fuzz: $(STAMP)
+	$(PY) tests/fuzz/run.py --cells 60000 --files 40000 --seed $(FUZZ_SEED) --save out/fuzz
+	$(PY) tests/fuzz/run.py --cells 200 --files 0 --jit --seed $(FUZZ_SEED) --save out/fuzz-jit
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

@@ -22,6 +22,7 @@ import io
 import math
 import operator
 import re
+import sys
 import tokenize
 import warnings
 from bisect import bisect_right
@@ -165,7 +166,10 @@ class Source:
                 warnings.simplefilter("ignore")
                 return ast.parse(self.text)
         except SyntaxError as e:
-            raise CellError(f"not an equation: {e.msg}", e.lineno, e.offset) from None
+            if "integer string conversion" in e.msg:  # an int of over 4,300 digits
+                raise self._too_many_digits(e.lineno) from None
+            col = e.offset if e.offset is None or e.offset >= 1 else 1  # 0: no column known
+            raise CellError(f"not an equation: {e.msg}", e.lineno, col) from None
         except (RecursionError, MemoryError):
             line = self._longest_statement()
             raise CellError("expression too deeply nested for Python's parser (it stops at "
@@ -174,6 +178,20 @@ class Source:
                             line, 1 if line else None) from None
         except (ValueError, OverflowError, UnicodeError) as e:
             raise CellError(f"not an equation: {e}") from None
+
+    def _too_many_digits(self, lineno: int | None) -> CellError:
+        """Python's parser refuses an integer literal of more digits than
+        sys.get_int_max_str_digits() and says so at column 0 with advice for Python
+        programmers; name the number and where it is instead."""
+        limit = sys.get_int_max_str_digits()
+        text = self.line_text(lineno) if lineno and 1 <= lineno <= len(self.starts) else ""
+        m = next((m for m in re.finditer(r"(?<![\w.])\d[\d_]*", text)
+                  if len(m.group().replace("_", "")) > limit), None)
+        col = m.start() + 1 if m else 1
+        n = len(m.group().replace("_", "")) if m else None
+        return CellError(f"the number {_short(m.group()) if m else ''} has {n or 'too many'} "
+                         f"digits, more than the {limit:,} Python reads as an integer (and far "
+                         f"beyond a float's largest, about 1.8e308)", lineno, col)
 
     def _longest_statement(self) -> int | None:
         """The first line of the statement with the most tokens (tokenize is iterative)."""
