@@ -20,7 +20,7 @@ from engine import ir
 from .lang.cell import Cell
 from .lang.parse import Ref
 from .losses import check_loss, check_targets, loss_program, loss_weights, mse_and_grad
-from .model import Model, check_mask
+from .model import BiRun, Model, check_mask
 from .program.executor import REFERENCE, check_executor
 
 
@@ -68,12 +68,18 @@ def check_model(model, what: str = "bptt"):
 
 def bptt(model: Model, xs, targets, loss: str = "mse", at: str = "all", initial_state=None,
          truncate=None, mask=None, executor: str = "compiled",
-         keep_adjoints: bool = False, batch_first: bool = True) -> BPTTResult:
+         keep_adjoints: bool = False, batch_first: bool = True, train: bool = False,
+         seed=None) -> BPTTResult:
     """Loss, parameter gradients, initial-state gradients and per-step state-gradient
     norms of ``model`` on one batch (see SPEC section 4 for every argument).
     ``batch_first=False`` takes time-major arrays, as torch: xs (T, B, I), targets
     (T, B, O) (or (T, B) class indices) for ``at="all"``, mask (T, B); ``res.outputs``
-    is then (T, B, O). Nothing else changes: the result is the batch-major one's."""
+    is then (T, B, O). Nothing else changes: the result is the batch-major one's.
+
+    ``train=True`` runs the model as in training: its dropout and recurrent dropout act,
+    with masks drawn from ``seed`` (an int, or a numpy Generator that is advanced; None:
+    fresh entropy), so a seed gives the same masks, loss and gradients. A model without
+    dropout gives the same result either way."""
     check_model(model)
     check_executor(executor)
     check_loss(loss, at)
@@ -81,7 +87,7 @@ def bptt(model: Model, xs, targets, loss: str = "mse", at: str = "all", initial_
         res = bptt(model, model.check_xs(xs, batch_first=False),
                    time_major(targets, "targets") if at == "all" else targets, loss, at,
                    initial_state, truncate, time_major(mask, "mask"), executor,
-                   keep_adjoints)
+                   keep_adjoints, train=train, seed=seed)
         res.outputs = res.outputs.swapaxes(0, 1)
         return res
     if not isinstance(model, Model):  # a composite (e.g. Seq2Seq) runs its own program
@@ -91,14 +97,25 @@ def bptt(model: Model, xs, targets, loss: str = "mse", at: str = "all", initial_
     xs, targets, mask, weights = checked(model, xs, targets, loss, at, mask)
     T = xs.shape[1]
     truncate = _check_truncate(truncate)
+    if not isinstance(train, bool):
+        raise TypeError(f"train must be True or False, got {train!r}")
+    train = train and model.trains_differently
+    rng = None
+    if train:
+        rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+        if not model.bidirectional:  # the masks travel with the data, as inputs
+            xs = model.with_masks(xs, rng)
     if isinstance(truncate, tuple) and truncate[0] < T:
+        if model.bidirectional:
+            raise ValueError("truncate=(k1, k2) runs windows forward in time; a "
+                             "bidirectional model reads the whole sequence: use truncate=k")
         return _windows(model, xs, targets, weights, loss, at, initial_state, truncate, mask,
-                        executor)
+                        executor, train)
     if isinstance(truncate, tuple):
         truncate = None
     k = truncate if truncate is not None and truncate < T else None
     return _run(model, xs, targets, weights, loss, at, initial_state, k, mask, executor,
-                keep_adjoints)
+                keep_adjoints, train=train, rng=rng)
 
 
 def time_major(a, what: str):
@@ -125,16 +142,20 @@ def checked(model: Model, xs, targets, loss: str, at: str, mask):
 
 
 def _run(model, xs, targets, weights, loss, at, initial_state, k, mask, executor,
-         keep_adjoints=False, carried=None):
-    plan = model.plan(mask is not None) if executor == "compiled" else None
-    run = _run_plan if plan is not None else _run_program
-    lval, adj, norms, ys, final, kept = run(model, plan, xs, targets, weights, loss, at,
-                                           initial_state, k, mask, executor, keep_adjoints,
-                                           carried)
+         keep_adjoints=False, carried=None, train=False, rng=None):
+    if model.bidirectional:
+        lval, adj, norms, ys, final, kept = _run_bi(model, xs, targets, weights, loss, at,
+                                                    initial_state, k, mask, executor, rng)
+    else:
+        plan = model.plan(mask is not None, train) if executor == "compiled" else None
+        run = _run_plan if plan is not None else _run_program
+        lval, adj, norms, ys, final, kept = run(model, plan, xs, targets, weights, loss, at,
+                                               initial_state, k, mask, executor,
+                                               keep_adjoints, carried, train)
     B = xs.shape[0]
     grads = {p: adj[p] if p in adj else np.zeros_like(v) for p, v in model._params.items()}
-    per_layer = {n: adj.get(f"{n}@init", np.zeros((B, model.full.states[n]), model.dtype))
-                 for n in model.full.states}
+    per_layer = {n: adj.get(f"{n}@init", np.zeros((B, model.cell.states[s]), model.dtype))
+                 for s in model.cell.states for n in model.layer_names(s)}
     given = set(initial_state or {})
     for s in model.learn_initial:  # one learned vector, broadcast over the batch
         if s not in given:
@@ -144,8 +165,16 @@ def _run(model, xs, targets, weights, loss, at, initial_state, k, mask, executor
                       _by_state(model, final), kept)
 
 
+def _run_bi(model, xs, targets, weights, loss, at, initial_state, k, mask, executor, rng):
+    """A bidirectional model: layer by layer (rnn.model.BiRun), the loss of all steps."""
+    run = BiRun(model, xs, initial_state, mask, executor, rng, k)
+    lval, dY = _loss(model, run.Y, targets, weights, loss, at)
+    grads, ginit, norms = run.backward(dY)
+    return lval, {**grads, **ginit}, norms, run.Y.transpose(1, 0, 2), run.final, {}
+
+
 def _run_plan(model, plan, xs, targets, weights, loss, at, initial_state, k, mask, executor,
-              keep_adjoints, carried):
+              keep_adjoints, carried, train=False):
     """The compiled loops (rnn/program/loop.py); the loss of all steps at once."""
     T = xs.shape[1]
     carried = {n.removesuffix("@init"): v for n, v in (carried or {}).items()}
@@ -187,11 +216,11 @@ def _loss(model, Y, targets, weights, loss, at):
 
 
 def _run_program(model, plan, xs, targets, weights, loss, at, initial_state, k, mask, executor,
-                 keep_adjoints, carried):
+                 keep_adjoints, carried, train=False):
     """The unrolled program, walked by an executor of rnn/program/executor.py."""
     B, T, _ = xs.shape
     ex = REFERENCE
-    prog, un = model.program(T, loss=loss, at=at, masked=mask is not None, truncate=k)
+    prog, un = model.program(T, train, loss=loss, at=at, masked=mask is not None, truncate=k)
     env = model.feed(un, xs, initial_state, mask)
     env.update(carried or {})
     env["targets"], env["weights"] = targets, weights
@@ -222,12 +251,13 @@ def _by_state(model, per_layer):
                                for n in model.layer_names(s)})
 
 
-def _windows(model, xs, targets, weights, loss, at, initial_state, k12, mask, executor):
+def _windows(model, xs, targets, weights, loss, at, initial_state, k12, mask, executor,
+             train=False):
     """Williams & Peng BPTT(k1, k2): every k1 steps, backpropagate the last k1 steps'
     losses through the last k2 steps, starting from the (detached) state there."""
     k1, k2 = k12
     B, T, _ = xs.shape
-    cell = model.full
+    cell = model.cell_for(train)
     deepest = max((a.delay for nd in cell.nodes for a in nd.args if isinstance(a, Ref)),
                   default=0)
     if deepest > 1:
@@ -241,7 +271,8 @@ def _windows(model, xs, targets, weights, loss, at, initial_state, k12, mask, ex
         targets, weights = full_t, full_w
     # one forward pass over the whole sequence: the loss, and the states windows start from
     lval, ys, value, delayed = _whole(model, xs, targets, weights, loss, initial_state, mask,
-                                      executor)
+                                      executor, train)
+    parts = model.split_inputs(xs, cell)
     ends = list(range(k1 - 1, T, k1))
     if ends[-1] != T - 1:
         ends.append(T - 1)
@@ -257,11 +288,11 @@ def _windows(model, xs, targets, weights, loss, at, initial_state, k12, mask, ex
         if s > 0:  # start from the forward pass's values at s-1, detached
             init = _by_state(model, {n: value(n, s - 1) for n in cell.states})
             carried = {f"{n}@init": value(n, s - 1) for n in delayed if n not in cell.states}
-            carried.update({f"{x}@init": xs[:, s - 1] for x in cell.input_delays})
+            carried.update({f"{x}@init": parts[x][:, s - 1] for x in cell.input_delays})
         sl = slice(s, e + 1)
         res = _run(model, xs[:, sl], targets[:, sl], w[:, sl], loss, "all", init, None,
                    None if mask is None else mask[:, sl], executor, keep_adjoints=True,
-                   carried=carried)
+                   carried=carried, train=train)
         if total is None:
             total = res
             total.grads = {p: g.copy() for p, g in res.grads.items()}
@@ -283,11 +314,11 @@ def _windows(model, xs, targets, weights, loss, at, initial_state, k12, mask, ex
     return total
 
 
-def _whole(model, xs, targets, weights, loss, initial_state, mask, executor):
+def _whole(model, xs, targets, weights, loss, initial_state, mask, executor, train=False):
     """One forward pass over the whole sequence: (loss, outputs (B, T, O), the value of
     a cell variable at a step, the variables read with a delay)."""
     T = xs.shape[1]
-    plan = model.plan(mask is not None) if executor == "compiled" else None
+    plan = model.plan(mask is not None, train) if executor == "compiled" else None
     if plan is not None:
         feed, init = model.loop_inputs(plan, xs, initial_state, mask)
         vals = plan.forward(feed, model.step_params(plan), init)
@@ -295,10 +326,10 @@ def _whole(model, xs, targets, weights, loss, initial_state, mask, executor):
         return (_loss(model, Y, targets, weights, loss, "all")[0], Y.transpose(1, 0, 2),
                 lambda n, t: vals[n][t], [s for s in plan.step.states
                                           if s not in model.full.inputs])
-    prog, un = model.program(T, loss=loss, at="all", masked=mask is not None)
+    prog, un = model.program(T, train, loss=loss, at="all", masked=mask is not None)
     env = model.feed(un, xs, initial_state, mask)
     env["targets"], env["weights"] = targets, weights
-    cell = model.full
+    cell = un.cell
     every = {v.name for n in list(cell.states) + cell.outputs for v in un.values[n]}
     vals = REFERENCE.forward(prog, env, keep=every)
     ys = np.stack([vals[v.name] for v in un.outputs()], axis=1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numbers
 import warnings
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from engine.errors import DTypeError, ShapeError, all_finite
 from engine.ir import Program
 
 from .lang.cell import Cell
-from .lang.parse import Ref
+from .lang.parse import Node, Ref
 from .program.executor import REFERENCE, check_executor
 from .program.loop import Plan, Unsupported
 from .program.unroll import Unrolled, check_dtype_name, check_mask_name, positive_int, unroll
@@ -101,30 +102,105 @@ def check_param_sizes(shapes: dict[str, tuple], dtype: str) -> None:
                          f"allocates; check the cell's sizes")
 
 
-def _suffix(name: str, k: int) -> str:
+def _suffix(name: str, k: int, reverse: bool = False) -> str:
     base, dot, rest = name.partition(".")
-    return f"{base}_l{k}{dot}{rest}"
+    return f"{base}_l{k}{'_reverse' if reverse else ''}{dot}{rest}"
 
 
-def stack_cells(cell: Cell, layers: int, head: int | None) -> Cell:
-    """One cell for the whole model: ``layers`` copies of ``cell`` and a dense head."""
-    (x,) = cell.inputs
+DROPOUT, RDROP = "dropout_", "rdrop_"  # prefixes of the mask inputs of a training cell
+
+
+def _recurrent_reads(cell: Cell) -> set[tuple[str, int]]:
+    """(node, argument index) of every read of a state from the past that enters a matrix
+    product within the step (``W @ h[t-1]``, ``W @ (r * h[t-1])``): the recurrent
+    connections that recurrent dropout masks (an LSTM's ``c[t-1]`` and a GRU's
+    ``z * h[t-1]`` pass unmasked, as in Keras)."""
+    into: set[str] = set()
+    for nd in reversed(cell.nodes):
+        if nd.op == "matvec":
+            a = nd.args[1]
+            if isinstance(a, Ref) and not a.delay:
+                into.add(a.name)
+        elif nd.out in into:
+            into.update(a.name for a in nd.args if isinstance(a, Ref) and not a.delay)
+    return {(nd.out, i) for nd in cell.nodes for i, a in enumerate(nd.args)
+            if isinstance(a, Ref) and a.delay and a.name in cell.states
+            and ((nd.op == "matvec" and i == 1) or (nd.op != "matvec" and nd.out in into))}
+
+
+def _layer(cell: Cell, k: int, first_size: int, feed: dict, reverse: bool = False,
+           rdrop: bool = False):
+    """Layer k of a stack (one direction): ``cell``'s nodes, its inputs read from the
+    names ``feed`` gives, everything else suffixed ``_l{k}`` (``_l{k}_reverse``). With
+    ``rdrop``, every recurrent read (_recurrent_reads) is multiplied by a mask input
+    ``rdrop_<state>``, one per state. Returns (nodes, sizes, params, mask inputs)."""
+    x = next(iter(cell.inputs))
+    layer = cell if k == 0 else Cell.from_nodes(
+        cell.nodes, {**cell.inputs, x: first_size}, {}, cell.outputs, cell.declared, {},
+        cell.sources, cell.text)
+
+    def rename(n):
+        return feed[n] if n in layer.inputs else _suffix(n, k, reverse)
+
+    nodes = layer.renamed(rename)
+    sizes = {rename(v): n for v, n in {**layer.declared, **layer.states}.items()}
+    params = {rename(p): s for p, s in layer.params.items()}
+    masks: dict[str, int] = {}
+    if rdrop:
+        reads = _recurrent_reads(layer)
+        if not reads:
+            raise ValueError("recurrent_dropout masks the states read from t-1 where they "
+                             "enter a matrix product (W @ h[t-1]); this cell has no such "
+                             "read")
+        done: dict[tuple, str] = {}
+        out = []
+        for nd, orig in zip(nodes, layer.nodes):
+            args = list(nd.args)
+            for i, a in enumerate(orig.args):
+                if (orig.out, i) not in reads:
+                    continue
+                s = rename(a.name)
+                if (s, a.delay) not in done:
+                    name = done[(s, a.delay)] = f"{s}.rdrop{a.delay}"
+                    masks[RDROP + s] = layer.states[a.name]
+                    out.append(Node(name, "mul", (Ref(s, a.delay), Ref(RDROP + s)),
+                                    target=name))
+                args[i] = Ref(done[(s, a.delay)])
+            out.append(replace(nd, args=tuple(args)))
+        nodes = out
+    return nodes, sizes, params, masks
+
+
+def stack_cells(cell: Cell, layers: int, head: int | None, dropout: bool = False,
+                recurrent_dropout: bool = False) -> Cell:
+    """One cell for the whole model: ``layers`` copies of ``cell`` and a dense head.
+
+    Layer k > 0 reads the output of layer k-1 as its first input; a cell's other inputs
+    (``inputs={"x": 3, "u": 2}``: ``u``) are fed to every layer. The training cell of a
+    model with dropout has mask inputs after the data: ``dropout_l{k}`` multiplies the
+    output of layer k where layer k+1 reads it, ``rdrop_<state>_l{k}`` the recurrent
+    reads of a state (see _layer)."""
+    x = next(iter(cell.inputs))
     out = cell.outputs[0]
     out_size = cell.shapes[out][0]
     nodes, sizes, params = [], {}, {}
+    inputs = dict(cell.inputs)
+    below = x
     for k in range(layers):
-        layer = cell if k == 0 else Cell.from_nodes(
-            cell.nodes, {x: out_size}, {}, cell.outputs, cell.declared, {}, cell.sources,
-            cell.text)
-
-        def rename(n, k=k):
-            if n == x:
-                return x if k == 0 else f"{out}_l{k - 1}"
-            return _suffix(n, k)
-
-        nodes += layer.renamed(rename)
-        sizes.update({rename(v): n for v, n in {**layer.declared, **layer.states}.items()})
-        params.update({rename(p): s for p, s in layer.params.items()})
+        feed = {n: n for n in cell.inputs}
+        feed[x] = below
+        lnodes, lsizes, lparams, masks = _layer(cell, k, out_size, feed,
+                                                rdrop=recurrent_dropout)
+        nodes += lnodes
+        sizes.update(lsizes)
+        params.update(lparams)
+        inputs.update(masks)
+        below = f"{out}_l{k}"
+        if dropout and k < layers - 1:
+            m, dropped = f"{DROPOUT}l{k}", f"{below}.dropout"
+            inputs[m] = out_size
+            nodes.append(Node(dropped, "mul", (Ref(below), Ref(m)), target=dropped))
+            below = dropped
     top = f"{out}_l{layers - 1}"
     outputs = [top]
     if head is not None:
@@ -133,7 +209,37 @@ def stack_cells(cell: Cell, layers: int, head: int | None) -> Cell:
         nodes += dense.renamed(lambda n: top if n == "h" else n)
         params.update(dense.params)
         outputs = ["y"]
-    return Cell.from_nodes(nodes, {x: cell.inputs[x]}, {}, outputs, sizes, params, {}, "")
+    return Cell.from_nodes(nodes, inputs, {}, outputs, sizes, params, {}, "")
+
+
+def bi_layer_cell(cell: Cell, k: int, in_size: int, recurrent_dropout: bool = False) -> Cell:
+    """Layer k of a bidirectional model: two copies of ``cell``, the forward one reading
+    the inputs as they come (``x``), the reverse one reading them reversed within each
+    sequence (``x_reverse``), with PyTorch's names (``weight_ih_l0_reverse``); outputs
+    ``h_l{k}`` and ``h_l{k}_reverse``, both in the order each direction runs.
+
+    For k > 0 the first input passes through a node ``x_l{k}.in`` (``_reverse``) read
+    once more at t-1 by a node with no reader: so the compiled executor's
+    ``keep_adjoints`` hands back its adjoint, the gradient the layer below needs."""
+    x = next(iter(cell.inputs))
+    ins = {**cell.inputs, x: in_size if k else cell.inputs[x]}
+    inputs = {**ins, **{f"{n}_reverse": w for n, w in ins.items()}}
+    nodes, sizes, params, outputs = [], {}, {}, []
+    for rev in (False, True):
+        feed = {n: f"{n}_reverse" if rev else n for n in ins}
+        if k > 0:
+            tap = f"{x}_l{k}{'_reverse' if rev else ''}.in"
+            nodes += [Node(tap, "mul", (Ref(feed[x]), 1.0), target=tap),
+                      Node(f"{tap}.keep", "mul", (Ref(tap, 1), 0.0), target=f"{tap}.keep")]
+            feed[x] = tap
+        lnodes, lsizes, lparams, masks = _layer(cell, k, in_size, feed, reverse=rev,
+                                                rdrop=recurrent_dropout)
+        nodes += lnodes
+        sizes.update(lsizes)
+        params.update(lparams)
+        inputs.update(masks)
+        outputs.append(_suffix(cell.outputs[0], k, rev))
+    return Cell.from_nodes(nodes, inputs, {}, outputs, sizes, params, {}, "")
 
 
 class Model:
@@ -146,12 +252,12 @@ class Model:
     """
 
     def __init__(self, cell: Cell, layers: int = 1, head: int | None = None,
-                 dtype: str = "float64", seed: int = 0, learn_initial=()):
+                 dtype: str = "float64", seed: int = 0, learn_initial=(), *,
+                 bidirectional: bool = False, dropout: float = 0.0,
+                 recurrent_dropout: float = 0.0):
         if not isinstance(cell, Cell):
             raise TypeError(f"Model needs a Cell (e.g. rnn.cells.lstm(1, 16)), got "
                             f"{type(cell).__name__}")
-        if len(cell.inputs) != 1:
-            raise ValueError(f"a Model's cell takes one input, this one has {list(cell.inputs)}")
         layers = positive_int("layers", layers)
         if head is not None:
             if isinstance(head, bool) or not isinstance(head, numbers.Integral) or head < 1:
@@ -163,17 +269,78 @@ class Model:
         if unknown:
             raise ValueError(f"learn_initial names {sorted(unknown)}; the cell's states are "
                              f"{list(cell.states)}")
+        if not isinstance(bidirectional, bool):
+            raise TypeError(f"bidirectional must be True or False, got {bidirectional!r}")
+        self.dropout = _probability("dropout", dropout)
+        self.recurrent_dropout = _probability("recurrent_dropout", recurrent_dropout)
+        if self.dropout and layers == 1:
+            warnings.warn("dropout acts between stacked layers (PyTorch's semantics): with "
+                          "layers=1 it does nothing", UserWarning, stacklevel=2)
         self.cell, self.layers, self.head = cell, layers, head
+        self.bidirectional, self.directions = bidirectional, 2 if bidirectional else 1
         self.learn_initial = tuple(learn_initial)
         self.dtype = dtype
-        self.full = stack_cells(cell, layers, head)
-        self.input_size = next(iter(cell.inputs.values()))
-        self.output_size = self.full.shapes[self.full.outputs[0]][0]
+        self.inputs = dict(cell.inputs)  # the data inputs, in the order they are packed
+        self.input_size = sum(self.inputs.values())
+        out_size = cell.shapes[cell.outputs[0]][0]
+        if bidirectional:
+            self.stages = [bi_layer_cell(cell, k, out_size * 2) for k in range(layers)]
+            self.full = self.stages[0]  # what rnn.unroll(model) shows: layer 0, both ways
+            self.head_params = {} if head is None else {"head_weight": (head, 2 * out_size),
+                                                        "head_bias": (head,)}
+            shapes = {p: s for c in self.stages for p, s in c.params.items()}
+            shapes.update(self.head_params)
+            self.output_size = head or 2 * out_size
+        else:
+            self.full = stack_cells(cell, layers, head)
+            shapes = self.full.params
+            self.output_size = self.full.shapes[self.full.outputs[0]][0]
+        self.param_shapes = dict(shapes)
+        self._train: dict = {}
         self._layer_names: dict[str, tuple[str, ...]] = {}
-        check_param_sizes(self.full.params, dtype)
+        check_param_sizes(shapes, dtype)
         self._params = self.init_params(seed)  # the weights; model.params is a read-only view
         self._programs: dict[tuple, tuple[Program, Unrolled]] = {}
-        self._plans: dict[bool, Plan | None] = {}
+        self._plans: dict = {}
+
+    # ------------------------------------------------------------ training cells
+    @property
+    def trains_differently(self) -> bool:
+        """Whether training (fit, bptt(train=True)) runs another cell: one with masks."""
+        return bool((self.dropout and self.layers > 1) or self.recurrent_dropout)
+
+    def cell_for(self, train: bool = False, stage: int = 0) -> Cell:
+        """The cell that runs: the stack (a bidirectional model: layer ``stage``), with
+        the dropout masks as inputs when ``train`` and the model has dropout."""
+        if not (train and self.trains_differently):
+            return self.stages[stage] if self.bidirectional else self.full
+        key = stage
+        if key not in self._train:
+            if self.bidirectional:
+                out_size = self.cell.shapes[self.cell.outputs[0]][0]
+                self._train[key] = bi_layer_cell(self.cell, stage, 2 * out_size,
+                                                 bool(self.recurrent_dropout))
+            else:
+                self._train[key] = stack_cells(self.cell, self.layers, self.head,
+                                               bool(self.dropout), bool(self.recurrent_dropout))
+        return self._train[key]
+
+    def masks(self, cell: Cell, B: int, T: int, rng) -> np.ndarray | None:
+        """The dropout masks ``cell``'s mask inputs take, packed (B, T, w) in its input
+        order, or None: ``dropout_*`` a fresh 0 or 1/(1-p) per element and step,
+        ``rdrop_*`` one per sequence and feature, the same at every step (Gal &
+        Ghahramani). Drawn from ``rng`` (a numpy Generator) in that order."""
+        parts = []
+        for name, w in cell.inputs.items():
+            if name in self.inputs or name.endswith("_reverse") and \
+                    name.removesuffix("_reverse") in self.inputs:
+                continue
+            if name.startswith(DROPOUT):
+                parts.append(dropout_mask(rng, (B, T, w), self.dropout, self.dtype))
+            elif name.startswith(RDROP):
+                m = dropout_mask(rng, (B, 1, w), self.recurrent_dropout, self.dtype)
+                parts.append(np.broadcast_to(m, (B, T, w)))
+        return np.concatenate(parts, axis=-1) if parts else None
 
     @property
     def params(self) -> Params:
@@ -198,8 +365,9 @@ class Model:
         out_size = self.cell.shapes[self.cell.outputs[0]][0]
         hidden = next(iter(self.cell.declared.values()), out_size)
         out = {}
-        for p, shape in self.full.params.items():
-            bound = 1 / np.sqrt(out_size if p.startswith("head_") else hidden)
+        for p, shape in self.param_shapes.items():
+            bound = 1 / np.sqrt(out_size * self.directions if p.startswith("head_") else
+                                hidden)
             out[p] = np.asarray(rng.uniform(-bound, bound, size=shape), self.dtype)
         for s in self.learn_initial:  # learned initial states start at zero
             for name in self.layer_names(s):
@@ -258,46 +426,86 @@ class Model:
 
     # ------------------------------------------------------------ state names
     def layer_names(self, state: str) -> tuple[str, ...]:
-        """The per-layer names of a state of the cell: h -> (h_l0, h_l1, ...)."""
+        """The per-layer names of a state of the cell: h -> (h_l0, h_l1, ...); with
+        bidirectional=True (h_l0, h_l0_reverse, h_l1, ...), PyTorch's h_n order."""
         names = self._layer_names.get(state)
         if names is None:
-            names = self._layer_names[state] = tuple(_suffix(state, k)
-                                                     for k in range(self.layers))
+            names = self._layer_names[state] = tuple(
+                _suffix(state, k, bool(d)) for k in range(self.layers)
+                for d in range(self.directions))
         return names
 
     def split_layers(self, per_layer: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """{h_l0: a, h_l1: b} -> {h: a} for one layer, {h: stack([a, b])} for more."""
+        """{h_l0: a, h_l1: b} -> {h: a} for one layer, {h: stack([a, b])} for more
+        (layers x directions, as PyTorch's h_n)."""
         out = {}
         for s in self.cell.states:
             arrs = [per_layer[n] for n in self.layer_names(s)]
-            out[s] = arrs[0] if self.layers == 1 else np.stack(arrs)
+            out[s] = arrs[0] if len(arrs) == 1 else np.stack(arrs)
         return out
 
     # ------------------------------------------------------------ checks
     def check_xs(self, xs, batch_first: bool = True) -> np.ndarray:
         """``xs`` checked, as a (B, T, I) array: with ``batch_first=False`` it comes
-        time-major, (T, B, I), and the result is a batch-major view of it."""
+        time-major, (T, B, I), and the result is a batch-major view of it.
+
+        A cell with several inputs (``inputs={"x": 3, "u": 2}``) takes a dict of
+        (B, T, size) arrays, one per input; they are packed into one (B, T, 5) array,
+        in the cell's order, which is also accepted as it is."""
+        if isinstance(xs, Mapping):
+            names = list(self.inputs)
+            unknown = sorted(set(xs) - set(names), key=str)
+            missing = [n for n in names if n not in xs]
+            if unknown or missing:
+                raise ValueError(f"xs must give the cell's inputs {names}, one (B, T, size) "
+                                 f"array each; " + (f"got no {missing}" if missing else
+                                                    f"{unknown} are not inputs"))
+            parts = [self._check_one(xs[n], self.inputs[n], f"xs[{n!r}]", batch_first)
+                     for n in names]
+            for n, a in zip(names[1:], parts[1:]):
+                if a.shape[:2] != parts[0].shape[:2]:
+                    raise ShapeError(f"xs[{n!r}] has (B, T) = {a.shape[:2]} but "
+                                     f"xs[{names[0]!r}] has {parts[0].shape[:2]}: every "
+                                     f"input needs the same batch and steps")
+            return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=-1)
+        return Model._check_one(self, xs, self.input_size, "xs", batch_first)
+
+    def _check_one(self, xs, size: int, what: str, batch_first: bool) -> np.ndarray:
+        inputs = getattr(self, "inputs", {})  # (Seq2Seq checks its xs here too)
         xs = np.asarray(xs)
         layout = ("(batch, time, features) = (B, T, {})" if batch_first else
                   "(time, batch, features) = (T, B, {}) (batch_first=False)")
+        several = (f" (this cell's inputs {inputs} come as a dict of arrays, or "
+                   f"concatenated in that order)" if what == "xs" and len(inputs) > 1
+                   else "")
         if xs.ndim != 3:
-            raise ShapeError(f"xs must be {layout.format(self.input_size)}, got shape "
-                             f"{xs.shape}")
+            raise ShapeError(f"{what} must be {layout.format(size)}, got shape "
+                             f"{xs.shape}{several}")
         given = xs.shape
         if not batch_first:
             xs = xs.swapaxes(0, 1)
         if xs.shape[1] == 0:
-            raise ShapeError("xs has T = 0 time steps; a sequence needs at least one")
+            raise ShapeError(f"{what} has T = 0 time steps; a sequence needs at least one")
         if xs.shape[0] == 0:
-            raise ShapeError("xs has an empty batch (B = 0)")
-        if xs.shape[2] != self.input_size:
-            raise ShapeError(f"xs has {xs.shape[2]} features per step but the model takes "
-                             f"{self.input_size}: expected {layout.format(self.input_size)}, "
-                             f"got {given}")
-        self.check_dtype("xs", xs)
+            raise ShapeError(f"{what} has an empty batch (B = 0)")
+        if xs.shape[2] != size:
+            raise ShapeError(f"{what} has {xs.shape[2]} features per step but the model "
+                             f"takes {size}: expected {layout.format(size)}, got "
+                             f"{given}{several}")
+        self.check_dtype(what, xs)
         if not all_finite(xs):
-            raise ValueError("xs holds NaN or inf values")
+            raise ValueError(f"{what} holds NaN or inf values")
         return xs
+
+    def split_inputs(self, xs: np.ndarray, cell: Cell) -> dict[str, np.ndarray]:
+        """The packed (B, T, w) array as {input of ``cell``: (B, T, its size)} views."""
+        if len(cell.inputs) == 1:
+            return {next(iter(cell.inputs)): xs}
+        out, at = {}, 0
+        for name, w in cell.inputs.items():
+            out[name] = xs[..., at:at + w]
+            at += w
+        return out
 
     def check_dtype(self, what, a):
         if a.dtype != self.dtype:
@@ -322,32 +530,39 @@ class Model:
         for s, arr in given.items():
             arr = np.asarray(arr)
             H = self.cell.states[s]
-            want = (B, H) if self.layers == 1 else (self.layers, B, H)
+            names = self.layer_names(s)
+            want = (len(names), B, H)  # PyTorch's (layers * directions, B, H)
+            if arr.shape == want[1:] and len(names) == 1:
+                arr = arr[None]  # one layer, one direction: (B, H) as well
             if arr.shape != want:
-                raise ShapeError(f"initial_state['{s}'] must be {want}, got {arr.shape}")
+                shown = (f"{want[1:]} (or {want}, PyTorch's (layers * directions, B, H))"
+                         if len(names) == 1 else f"(layers * directions, B, H) = {want}")
+                raise ShapeError(f"initial_state['{s}'] must be {shown}, got {arr.shape}")
             self.check_dtype(f"initial_state['{s}']", arr)
             if not all_finite(arr):
                 raise ValueError(f"initial_state['{s}'] holds NaN or inf values")
-            for k, name in enumerate(self.layer_names(s)):
-                env[name] = arr if self.layers == 1 else arr[k]
+            for k, name in enumerate(names):
+                env[name] = arr[k]
         for s in self.learn_initial:
             for name in self.layer_names(s):
                 env.setdefault(name, np.broadcast_to(
                     self._params[f"init_{name}"], (B, self.cell.states[s])))
-        for name, w in widths.items():
-            if name not in env:
-                env[name] = np.zeros((B, w), self.dtype)
-        return env
+        return {name: env[name] if name in env else np.zeros((B, w), self.dtype)
+                for name, w in widths.items()}
 
     # ------------------------------------------------------------ running
-    def program(self, steps: int, **kw) -> tuple[Program, Unrolled]:
-        """The unrolled program for ``steps`` (cached), with the loss if ``loss`` is given."""
-        key = (steps,) + tuple(sorted(kw.items()))
+    def program(self, steps: int, train: bool = False, stage: int = 0,
+                **kw) -> tuple[Program, Unrolled]:
+        """The unrolled program for ``steps`` (cached), with the loss if ``loss`` is given;
+        ``train``: of the cell with dropout masks; a bidirectional model has one per
+        layer (``stage``), without the loss."""
+        cell = self.cell_for(train, stage)
+        key = (steps, id(cell)) + tuple(sorted(kw.items()))
         if key not in self._programs:
             from .losses import add_loss
 
             loss, at = kw.pop("loss", None), kw.pop("at", "all")
-            un = unroll(self.full, steps, dtype=self.dtype, **kw)
+            un = unroll(cell, steps, dtype=self.dtype, **kw)
             prog = un.program if loss is None else add_loss(un, loss, at)
             if len(self._programs) > 16:
                 self._programs.clear()
@@ -355,33 +570,37 @@ class Model:
         return self._programs[key]
 
     def feed(self, un: Unrolled, xs: np.ndarray, initial_state=None, mask=None) -> dict:
-        env = {p: v for p, v in self._params.items() if not p.startswith("init_")}
-        (x,) = self.full.inputs
-        for t in range(xs.shape[1]):
-            env[f"{x}@{t}"] = xs[:, t]
+        """The values of the unrolled program's inputs: ``xs`` packed (B, T, w) as the
+        inputs of ``un.cell`` (masks included), parameters, initial values, mask."""
+        env = {p: v for p, v in self._params.items() if p in un.params}
+        for x, a in self.split_inputs(xs, un.cell).items():
+            for t in range(xs.shape[1]):
+                env[f"{x}@{t}"] = a[:, t]
         env.update(self.initial_env(un, xs.shape[0], initial_state))
         if mask is not None:
             for t in range(xs.shape[1]):
                 env[f"mask@{t}"] = mask[:, t, None]
         return env
 
-    def plan(self, masked: bool = False):
+    def plan(self, masked: bool = False, train: bool = False, stage: int = 0):
         """The loop plan of the whole stack (rnn/program/loop.py), compiled once; None
         (with a warning: the reference interpreter runs instead) when the cell has
         something the loop compiler does not generate."""
-        if masked not in self._plans:
+        cell = self.cell_for(train, stage)
+        key = masked if cell is self.full else (masked, id(cell))
+        if key not in self._plans:
             try:
-                self._plans[masked] = Plan(self.full, self.dtype, masked)
+                self._plans[key] = Plan(cell, self.dtype, masked)
             except Unsupported as e:
                 warnings.warn(f"the loop compiler does not handle this cell ({e}); the "
                               f"reference interpreter runs it", RuntimeWarning, stacklevel=3)
-                self._plans[masked] = None
-        return self._plans[masked]
+                self._plans[key] = None
+        return self._plans[key]
 
     def loop_inputs(self, plan, xs, initial_state=None, mask=None, carried=None):
         """What a plan runs on: inputs (T, B, w) and initial values (B, w)."""
-        (x,) = self.full.inputs
-        feed = {x: np.ascontiguousarray(xs.transpose(1, 0, 2))}
+        feed = {x: np.ascontiguousarray(a.transpose(1, 0, 2))
+                for x, a in self.split_inputs(xs, plan.cell).items()}
         if mask is not None:
             feed["mask"] = np.ascontiguousarray(mask.T[:, :, None])
         widths = {s: plan.step.widths[s] for s in plan.step.states}
@@ -392,11 +611,17 @@ class Model:
     def step_params(self, plan) -> dict[str, np.ndarray]:
         return {p: self._params[p] for p in plan.step.params}
 
+    def with_masks(self, xs: np.ndarray, rng, stage: int = 0) -> np.ndarray:
+        """``xs`` packed with fresh dropout masks: what the training cell takes."""
+        m = self.masks(self.cell_for(True, stage), xs.shape[0], xs.shape[1], rng)
+        return xs if m is None else np.concatenate([xs, m], axis=-1)
+
     def forward(self, xs, initial_state=None, mask=None, executor: str = "compiled",
                 batch_first: bool = True):
         """Run the model: xs (B, T, I) -> ys (B, T, O) and the final state of every layer.
         ``batch_first=False``: xs (T, B, I), mask (T, B) -> ys (T, B, O), as torch; the
-        state keeps its shape."""
+        state keeps its shape. A cell with several inputs takes a dict of arrays.
+        Dropout never acts here (only in training)."""
         check_executor(executor)
         xs = self.check_xs(xs, batch_first)
         if mask is not None and not batch_first:
@@ -406,6 +631,9 @@ class Model:
 
     def _forward(self, xs, initial_state, mask, executor):
         mask = check_mask(mask, xs.shape[:2], self.dtype, self.full)
+        if self.bidirectional:
+            run = BiRun(self, xs, initial_state, mask, executor)
+            return run.outputs().transpose(1, 0, 2), self.split_layers(run.final)
         names = [n for s in self.cell.states for n in self.layer_names(s)]
         plan = self.plan(mask is not None) if executor == "compiled" else None
         if plan is not None:
@@ -502,6 +730,9 @@ class Model:
         values the next call needs: every value read at t-1 (states, delayed outputs and
         inputs). A cell that reads further back than t-1 is re-run from the start."""
         check_executor(executor)
+        if self.bidirectional:
+            raise ValueError("generate runs forward in time, one step after another; a "
+                             "bidirectional model needs the whole sequence first")
         cell = self.full
         deepest = max((a.delay for nd in cell.nodes for a in nd.args if isinstance(a, Ref)),
                       default=0)
@@ -530,11 +761,176 @@ class Model:
                 vals = REFERENCE.forward(prog, env, keep=keep)
                 ys = np.stack([vals[v.name] for v in un.outputs()], axis=1)
                 new = {n: vals[un.values[n][-1].name] for n in names}
-            new.update({x: xs[:, -1] for x in cell.input_delays})
+            parts = self.split_inputs(xs, cell)
+            new.update({x: parts[x][:, -1] for x in cell.input_delays})
             return ys, new
         return run
 
     __call__ = forward
+
+
+class BiRun:
+    """A bidirectional model on one batch, layer after layer. Each layer's two
+    directions run as one cell (bi_layer_cell): the reverse one over the inputs
+    reversed within each sequence's own length (``mask``: as PyTorch's packed
+    sequences, so padding never reaches it). Their outputs are put back in time order
+    and concatenated [forward, backward] for the layer above (through dropout when
+    training) and the head. Keeps what ``backward`` needs.
+
+    At a padded step t >= length the outputs repeat those at length - 1, as a masked
+    step of a one-way model carries its values."""
+
+    def __init__(self, model: Model, xs, initial_state, mask, executor: str, rng=None,
+                 truncate=None):
+        B, T, _ = xs.shape
+        self.model, self.mask, self.truncate = model, mask, truncate
+        t = np.arange(T)
+        if mask is None:
+            lengths = np.full((B, 1), T)
+        else:
+            lengths = mask.sum(axis=1).astype(np.int64)[:, None]
+            if not np.array_equal(mask, (t < lengths).astype(mask.dtype)):
+                raise ValueError("a bidirectional model reverses each sequence within its "
+                                 "length: its mask must be 1s then 0s in every row (padding "
+                                 "at the end, as pack_padded_sequence's lengths)")
+        self.rev = np.where(t < lengths, lengths - 1 - t, t)  # reverse step s reads time rev
+        self.back = np.where(t < lengths, lengths - 1 - t, 0)  # time t: reverse step back
+        first = next(iter(model.inputs))
+        others = xs[..., model.inputs[first]:]  # a cell's other inputs feed every layer
+        self.stages, self.drops = [], []
+        inp = xs
+        for k in range(model.layers):
+            packed = np.concatenate([inp, np.take_along_axis(inp, self.rev[..., None], 1)],
+                                    axis=-1)
+            if rng is not None:
+                packed = model.with_masks(packed, rng, stage=k)
+            stage = _Stage(model, k, rng is not None, executor, mask, truncate)
+            yf, yr = stage.forward(packed, initial_state)
+            z = np.concatenate([yf.transpose(1, 0, 2),
+                                np.take_along_axis(yr.transpose(1, 0, 2),
+                                                   self.back[..., None], 1)], axis=-1)
+            drop = None
+            if rng is not None and model.dropout and k < model.layers - 1:
+                drop = dropout_mask(rng, z.shape, model.dropout, model.dtype)
+                z = z * drop
+            self.stages.append(stage)
+            self.drops.append(drop)
+            inp = z if k == model.layers - 1 else np.concatenate([z, others], axis=-1)
+        self.top = z
+        if model.head is not None:
+            p = model._params
+            z = z @ p["head_weight"].T + p["head_bias"]
+        self.Y = np.ascontiguousarray(z.transpose(1, 0, 2))  # (T, B, O)
+        self.final = {n: v for st in self.stages for n, v in st.final.items()}
+
+    def outputs(self) -> np.ndarray:
+        return self.Y
+
+    def backward(self, dY: np.ndarray):
+        """dL/d(parameters), dL/d(initial values) {name@init}, per-step state norms, from
+        dY (T, B, O) = dL/d(outputs)."""
+        model, B = self.model, self.Y.shape[1]
+        grads: dict[str, np.ndarray] = {}
+        dZ = dY.transpose(1, 0, 2)
+        if model.head is not None:
+            grads["head_weight"] = np.einsum("bto,btj->oj", dZ, self.top)
+            grads["head_bias"] = dZ.sum(axis=(0, 1))
+            dZ = dZ @ model._params["head_weight"]
+        ginit, norms = {}, {}
+        rows = np.arange(B)[:, None]
+        for k in range(model.layers - 1, -1, -1):
+            st = self.stages[k]
+            if self.drops[k] is not None:
+                dZ = dZ * self.drops[k]
+            H = dZ.shape[-1] // 2
+            seed_r = np.zeros_like(dZ[..., H:])
+            np.add.at(seed_r, (rows, self.back), dZ[..., H:])
+            g, gi, nm, din = st.backward(
+                {st.outs[0]: np.ascontiguousarray(dZ[..., :H].transpose(1, 0, 2)),
+                 st.outs[1]: np.ascontiguousarray(seed_r.transpose(1, 0, 2))}, k > 0)
+            grads.update(g)
+            ginit.update(gi)
+            norms.update(nm)
+            if k:
+                df, dr = (d.transpose(1, 0, 2) for d in din)
+                dZ = (df + np.take_along_axis(dr, self.rev[..., None], 1))[..., :2 * H]
+        return grads, ginit, norms
+
+
+class _Stage:
+    """One bidirectional layer run by an executor: its plan (compiled) or its unrolled
+    program (reference), the values of the forward pass, and its reverse mode."""
+
+    def __init__(self, model: Model, k: int, train: bool, executor: str, mask, truncate):
+        self.model, self.k, self.train, self.mask, self.K = model, k, train, mask, truncate
+        self.cell = model.cell_for(train, k)
+        self.outs = self.cell.outputs
+        x = next(iter(model.inputs))
+        self.taps = [f"{x}_l{k}.in", f"{x}_l{k}_reverse.in"]
+        self.states = [n for s in model.cell.states for n in model.layer_names(s)
+                       if n in self.cell.states]
+        self.plan = model.plan(mask is not None, train, k) if executor == "compiled" else None
+
+    def forward(self, packed: np.ndarray, initial_state):
+        model, T = self.model, packed.shape[1]
+        if self.plan is not None:
+            self.feed, self.init = model.loop_inputs(self.plan, packed, initial_state,
+                                                     self.mask)
+            self.params = model.step_params(self.plan)
+            self.vals = self.plan.forward(self.feed, self.params, self.init)
+            self.final = {n: self.vals[n][-1] for n in self.states}
+            return [self.vals[o] for o in self.outs]
+        self.prog, self.un = model.program(T, self.train, self.k, masked=self.mask is not None,
+                                           truncate=self.K)
+        self.vals = REFERENCE.forward(self.prog, model.feed(self.un, packed, initial_state,
+                                                            self.mask))
+        self.final = {n: self.vals[self.un.values[n][-1].name] for n in self.states}
+        return [np.stack([self.vals[v.name] for v in self.un.outputs(o)]) for o in self.outs]
+
+    def backward(self, seeds: dict, inputs: bool):
+        """(param grads, {state@init: grad}, {state: (T,) norms}, [dL/d tap (T, B, w)] for
+        the forward and reverse first input when ``inputs``)."""
+        if self.plan is not None:
+            g, gi, norms, kept = self.plan.backward(self.vals, seeds, self.params, self.init,
+                                                    truncate=self.K, keep_adjoints=inputs)
+            din = [kept[t] for t in self.taps] if inputs else None
+            return (g, {f"{n}@init": gi[n] for n in self.states}, {n: norms[n] for n in
+                                                                     self.states}, din)
+        un, T = self.un, self.un.steps
+        env = {v.name: seeds[o][t] for o in self.outs for t, v in enumerate(un.outputs(o))}
+        where = {v.name: (v.node, t) for n in self.states for t, v in enumerate(un.values[n])}
+        norms = {n: np.zeros(T) for n in self.states}
+
+        def seen(var, g):
+            hit = where.get(var.name)
+            if hit is not None:
+                norms[hit[0]][hit[1]] = np.linalg.norm(g)
+
+        adj = REFERENCE.backward(self.prog, self.vals, env, seen)
+        g = {p: adj[p] for p in un.params if p in adj}
+        gi = {f"{n}@init": adj[f"{n}@init"] for n in self.states if f"{n}@init" in adj}
+        din = None
+        if inputs:
+            din = [np.stack([adj.get(v.name, np.zeros_like(self.vals[v.name]))
+                             for v in un.values[t]]) for t in self.taps]
+        return g, gi, norms, din
+
+
+def _probability(name: str, p) -> float:
+    if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 <= p < 1:
+        raise ValueError(f"{name} is a probability in [0, 1), got {p!r}")
+    return float(p)
+
+
+def dropout_mask(rng, shape: tuple, p: float, dtype) -> np.ndarray:
+    """Inverted dropout: each element 0 with probability ``p``, else 1/(1-p) (mean 1).
+
+    >>> m = dropout_mask(np.random.default_rng(0), (1000, 100), 0.25, "float64")
+    >>> sorted(set(m.ravel().tolist())), abs(m.mean() - 1) < 0.01
+    ([0.0, 1.3333333333333333], True)
+    """
+    keep = rng.random(shape) >= p
+    return keep.astype(dtype) * np.asarray(1 / (1 - p), dtype)
 
 
 def sample(logits: np.ndarray, temperature: float, rng) -> np.ndarray:

@@ -285,7 +285,7 @@ def fit(model: Model, xs, ys, loss: str = "mse", optimizer=None, epochs: int = 1
             init = state if stateful and state is not None and len(idx) == batch_size else None
             res = bptt(model, xs[idx], ys[idx], loss=loss, at=at, initial_state=init,
                        truncate=truncate, mask=None if mask is None else np.asarray(mask)[idx],
-                       executor=executor)
+                       executor=executor, **_training(model, rng))
             hist.batch_losses.append(res.loss)
             norm = global_norm(res.grads)  # NaN or inf when a gradient is not finite
             hist.grad_norms.append(norm)
@@ -337,6 +337,15 @@ def fit(model: Model, xs, ys, loss: str = "mse", optimizer=None, epochs: int = 1
             cb.end(hist, model)
     hist.seconds = time.perf_counter() - t0
     return hist
+
+
+def _training(model, rng) -> dict:
+    """bptt's arguments for a training batch: a model with dropout draws its masks from
+    fit's generator (after the shuffle), so a seed (and a checkpoint, which keeps the
+    generator's state) gives the same masks; other models draw nothing."""
+    if getattr(model, "trains_differently", False):
+        return {"train": True, "seed": rng}
+    return {}
 
 
 def _batch_major(model, xs, ys, mask, at: str, batch_first: bool):
