@@ -119,7 +119,7 @@ def test_a_bidirectional_module_is_refused_naming_the_key():
 
 
 def test_float32_modules_give_float32_models():
-    mod = torch.nn.LSTM(3, 4, proj_size=2)
+    mod = torch.nn.LSTM(3, 4, proj_size=2, dtype=torch.float32)
     model = rnn.interop.from_torch("lstm", mod.state_dict())
     assert model.dtype == "float32" and model.params["weight_hr_l0"].shape == (2, 4)
     xs = np.random.default_rng(5).standard_normal((2, 3, 3)).astype(np.float32)
