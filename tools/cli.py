@@ -220,7 +220,18 @@ def cmd_gradcheck(args):
     res = check_bptt(model, xs, ys, raise_on_fail=False, truncate=args.truncate)
     print(f"gradcheck {args.cell}: T={args.steps}, {len(model.params)} parameters + initial "
           f"states, float64, central differences eps 1e-6 and a VJP/JVP projection")
+    k = args.truncate
+    if k is not None and k < args.steps:
+        cuts = ", ".join(map(str, range(k, args.steps, k)))
+        print(f"truncate={k}: the truncated gradient is the gradient of a surrogate, the loss "
+              f"with the state entering step{'s' if k * 2 < args.steps else ''} {cuts} held "
+              f"fixed (run window by window from an unperturbed run's state); the finite "
+              f"differences are taken of that objective")
     print(res)
+    if res.truncation_gap is not None:
+        print(f"what truncation changes: ||g_truncated - g_full|| / ||g_full|| = "
+              f"{res.truncation_gap:.1%} (the gradient of the full loss, T={args.steps}, "
+              f"for comparison)")
     return 0 if res.ok else 1
 
 

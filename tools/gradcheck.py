@@ -28,6 +28,7 @@ class GradcheckResult:
     checked: int  # number of derivative entries compared
     max_abs_err: float
     failures: list[str] = field(default_factory=list)
+    truncation_gap: float | None = None  # check_bptt(truncate=k): ||g_k - g|| / ||g||
 
     def __str__(self):
         head = "PASS" if self.ok else "FAIL"
@@ -109,18 +110,66 @@ def gradcheck(fn: Callable, *arrays: np.ndarray, **kw) -> GradcheckResult:
     return check_vjp(fun, vjp, arrays, **kw)
 
 
+def _slice(xs, a, b):
+    if isinstance(xs, dict):  # a cell with several inputs
+        return {n: np.asarray(v)[:, a:b] for n, v in xs.items()}
+    return np.asarray(xs)[:, a:b]
+
+
+def truncated_loss(model, xs, targets, k: int, initial_state=None, boundary=None,
+                   loss: str = "mse", at: str = "all") -> float:
+    """The objective whose gradient truncated BPTT (``truncate=k``) computes: the loss of
+    the model run window by window (steps [0, k), [k, 2k), ...), each window after the
+    first starting from ``boundary[j]``, a state held fixed (detached). With ``boundary``
+    from an unperturbed run (see ``boundary_states``) its value is the full loss, and its
+    finite differences are the truncated gradient. Means are weighted by window length,
+    so the windows add up to the loss over all steps.
+    """
+    import rnn
+
+    T = (next(iter(xs.values())) if isinstance(xs, dict) else np.asarray(xs)).shape[1]
+    starts = list(range(0, T, k))
+    total = 0.0
+    for j, a in enumerate(starts):
+        b = min(a + k, T)
+        if at == "last" and b < T:
+            continue  # no loss in this window: it cannot change the objective
+        state = initial_state if j == 0 else boundary[j]
+        tgt = targets if at == "last" else np.asarray(targets)[:, a:b]
+        res = rnn.bptt(model, _slice(xs, a, b), tgt, loss=loss, at=at, initial_state=state)
+        total += res.loss * ((b - a) / T if at == "all" else 1.0)
+    return total
+
+
+def boundary_states(model, xs, k: int, initial_state=None) -> list:
+    """The state entering each window of ``truncated_loss`` (None for the first), from
+    one run of the model as it is now."""
+    T = (next(iter(xs.values())) if isinstance(xs, dict) else np.asarray(xs)).shape[1]
+    return [None] + [model.forward(_slice(xs, 0, a), initial_state=initial_state)[1]
+                     for a in range(k, T, k)]
+
+
+def _flat(grads: dict) -> np.ndarray:
+    return np.concatenate([np.ravel(g) for g in grads.values()]) if grads else np.zeros(0)
+
+
 def check_bptt(model, xs, targets, *, initial_state=None, max_per_input: int = 16,
                raise_on_fail: bool = True, **bptt_kw) -> GradcheckResult:
     """``rnn.bptt`` against finite differences: every parameter and every initial state.
 
     The model must be float64. Runs the loss for perturbed copies of the weights.
+    With ``truncate=k`` (k < T) the gradient is that of a surrogate, the loss with the
+    state crossing steps k, 2k, ... held fixed, so the finite differences are taken of
+    that (``truncated_loss``), not of the full loss; ``result.truncation_gap`` is then
+    ||g_truncated - g_full|| / ||g_full||, what truncation changes.
     """
     import rnn
 
     if model.dtype != "float64":
         raise ValueError(f"gradcheck needs a float64 model, got {model.dtype}")
     names = list(model.params)
-    B = np.asarray(xs).shape[0]
+    B = np.asarray(next(iter(xs.values())) if isinstance(xs, dict) else xs).shape[0]
+    T = np.asarray(next(iter(xs.values())) if isinstance(xs, dict) else xs).shape[1]
     init = dict(initial_state or {})
     for s, H in model.cell.states.items():
         if s in model.learn_initial:
@@ -129,6 +178,17 @@ def check_bptt(model, xs, targets, *, initial_state=None, max_per_input: int = 1
         init.setdefault(s, np.random.default_rng(1).uniform(-0.5, 0.5, shape))
     snames = list(init)
     saved = dict(model._params)  # the private write path: perturbed copies swapped in
+    k = bptt_kw.get("truncate")
+    if isinstance(k, tuple):
+        raise ValueError("gradcheck of truncate=(k1, k2) is not supported: its gradient is "
+                         "no single objective's; use truncate=k")
+    if k is not None and k >= T:
+        k = None  # k >= T is full BPTT
+    if k is not None and (bptt_kw.get("mask") is not None or model.bidirectional
+                          or bptt_kw.get("train")):
+        raise ValueError("gradcheck with truncate=k checks a plain forward model on an "
+                         "unmasked batch (no mask, bidirectional or train=True)")
+    boundary = boundary_states(model, xs, k, init) if k is not None else None
 
     def run(*arrays):
         model._params = dict(zip(names, arrays[:len(names)]))
@@ -139,7 +199,15 @@ def check_bptt(model, xs, targets, *, initial_state=None, max_per_input: int = 1
             model._params = saved
 
     def fun(*arrays):
-        return np.array(run(*arrays).loss)
+        if k is None:
+            return np.array(run(*arrays).loss)
+        model._params = dict(zip(names, arrays[:len(names)]))
+        try:
+            return np.array(truncated_loss(
+                model, xs, targets, k, dict(zip(snames, arrays[len(names):])), boundary,
+                bptt_kw.get("loss", "mse"), bptt_kw.get("at", "all")))
+        finally:
+            model._params = saved
 
     def vjp(u, *arrays):
         res = run(*arrays)
@@ -147,5 +215,12 @@ def check_bptt(model, xs, targets, *, initial_state=None, max_per_input: int = 1
 
     args = [saved[n] for n in names] + [init[s] for s in snames]
     labels = names + [f"initial {s}" for s in snames]
-    return check_vjp(fun, vjp, args, labels, what="bptt", max_per_input=max_per_input,
-                     raise_on_fail=raise_on_fail)
+    res = check_vjp(fun, vjp, args, labels, what="bptt", max_per_input=max_per_input,
+                    raise_on_fail=raise_on_fail)
+    if k is not None:
+        full_kw = {**bptt_kw, "truncate": None}
+        g_full = _flat(rnn.bptt(model, xs, targets, initial_state=init, **full_kw).grads)
+        g_cut = _flat(rnn.bptt(model, xs, targets, initial_state=init, **bptt_kw).grads)
+        norm = np.linalg.norm(g_full)
+        res.truncation_gap = float(np.linalg.norm(g_cut - g_full) / norm) if norm else 0.0
+    return res
