@@ -2,7 +2,8 @@
 
 It runs the reference interpreter over the unrolled program and shows, for one example
 of the batch, each named value at each step, its adjoint dL/d(value), and how each
-shared weight's gradient is the sum of its per-step contributions.
+shared weight's gradient is the sum of its per-step contributions: for one entry of
+each weight, the signed number every step adds, in a row that adds up to dL/dW there.
 """
 
 from __future__ import annotations
@@ -56,17 +57,53 @@ def trace(model, xs, targets, loss: str = "mse", at: str = "all", example: int =
             shown = _vec(a[example]) if a is not None else "(no gradient reaches it)"
             lines.append(f"{'':>4}  {short(n):<10} {op:<8} {_vec(vals[v.name][example]):<36} "
                          f"{shown}")
-    lines += ["", "shared weights: each gradient is the sum of its per-step contributions",
-              f"{'param':<14} " + " ".join(f"{'t=' + str(t):>9}" for t in range(min(T, 8)))
-              + ("  ..." if T > 8 else "") + f" {'= sum':>10} {'dL/dW':>10}"]
-    for p in model.params:
-        contrib = per_step[p]
-        norms = [np.linalg.norm(contrib[t]) if t in contrib else 0.0 for t in range(T)]
-        total = sum((contrib[t] for t in contrib), np.zeros_like(model.params[p]))
-        check = "ok" if np.allclose(total, adj.get(p, 0)) else "MISMATCH"
-        lines.append(f"{p:<14} " + " ".join(f"{n:9.2e}" for n in norms[:8])
-                     + ("  ..." if T > 8 else "")
-                     + f" {np.linalg.norm(total):10.3e} {np.linalg.norm(adj.get(p, 0)):10.3e}"
-                     f"  {check}")
-    lines.append("(columns t=k: ||contribution of step k||; the sum over steps equals dL/dW)")
+    lines += ["", *_weight_sums(model, per_step, adj, T)]
     return "\n".join(lines)
+
+
+SHOWN_STEPS = 6  # step columns before the rest of the steps are summed into one
+
+
+def _entry(total: np.ndarray) -> tuple[int, ...]:
+    """The entry of a gradient the table follows: the largest |dL/dW| (the first if all
+    are zero)."""
+    return np.unravel_index(int(np.argmax(np.abs(total))), total.shape) if total.size else ()
+
+
+def _weight_sums(model, per_step, adj, T) -> list[str]:
+    """For each parameter, one entry of dL/dW and what each step adds to it, signed: the
+    numbers in a row add up to the last one (up to the rounding of the print)."""
+    cols = [(f"t={t}", [t]) for t in range(min(T, SHOWN_STEPS))]
+    if T > SHOWN_STEPS + 1:
+        cols.append((f"t={SHOWN_STEPS}..{T - 1}", list(range(SHOWN_STEPS, T))))
+    elif T == SHOWN_STEPS + 1:
+        cols.append((f"t={SHOWN_STEPS}", [SHOWN_STEPS]))
+    if any(None in c for c in per_step.values()):  # used outside the steps (by the loss)
+        cols.append(("loss", [None]))
+    width = max(11, *(len(c[0]) for c in cols))
+    names = [f"{p}[{','.join(map(str, _entry(adj.get(p, np.zeros(1)))))}]" for p in model.params]
+    w = max(len(n) for n in names)
+    lines = ["shared weights: dL/dW is the sum of what every step contributes. For each "
+             "parameter,",
+             "the entry W[i,j] with the largest |dL/dW[i,j]|, and what each step adds to it:",
+             f"{'dL/dW entry':<{w}} " + " ".join(f"{c[0]:>{width}}" for c in cols)
+             + f"   {'= dL/dW entry':>13}"]
+    rows = []
+    for p, name in zip(model.params, names):
+        contrib = per_step[p]
+        grad = np.asarray(adj.get(p, np.zeros_like(model.params[p])))
+        ix = _entry(grad)
+        parts = [sum((float(np.asarray(contrib[t])[ix]) for t in ts if t in contrib), 0.0)
+                 for _, ts in cols]
+        summed = float(sum((np.asarray(c)[ix] for c in contrib.values()), 0.0))
+        total = float(grad[ix])  # reverse mode's dL/dW, in one pass
+        check = "ok" if np.isclose(summed, total, rtol=1e-9, atol=1e-14) else "MISMATCH"
+        rows.append(parts)
+        lines.append(f"{name:<{w}} " + " ".join(f"{v:>+{width}.3e}" for v in parts)
+                     + f"   = {total:>+11.4e}  {check}")
+    lines.append("(each row adds up: the step columns sum to the last number, dL/dW at that "
+                 "entry, as reverse mode")
+    lines.append(" computes it in one pass; the mark after it says whether the two agree)")
+    if any(len(p) > 1 and p[0] == 0.0 for p in rows):
+        lines.append("(a 0 at t=0: that weight multiplies the initial state, zeros here)")
+    return lines
