@@ -302,6 +302,8 @@ class Model:
         self._params = self.init_params(seed)  # the weights; model.params is a read-only view
         self._programs: dict[tuple, tuple[Program, Unrolled]] = {}
         self._plans: dict = {}
+        if self.trains_differently:
+            self.cell_for(True)  # a cell recurrent dropout cannot act on: an error now
 
     # ------------------------------------------------------------ training cells
     @property
