@@ -224,3 +224,31 @@ def test_initial_state_in_torch_layout_for_one_layer(batch):
     assert a.loss == b.loss
     with pytest.raises(ShapeError, match=r"must be \(3, 4\) \(or \(1, 3, 4\)"):
         model.predict(xs, {"h": np.zeros((2, 3, 4))})
+
+
+# ---------------------------------------------------------------- zoneout
+def test_zoneout_example_cell():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "examples" / "zoneout.cell").read_text()
+    H = 16
+    cell = rnn.Cell.from_equations(text, inputs={"x": 4, "d": H, "e": H},
+                                   states={"h": H, "c": H})
+    model = rnn.Model(cell, head=1)
+    lstm = rnn.Model(rnn.cells.lstm(4, H), head=1)
+    lstm.load_params(model.params)
+    rng = np.random.default_rng(0)
+    B, T = 3, 6
+    xs, ys = rng.standard_normal((B, T, 4)), rng.standard_normal((B, T, 1))
+    zeros, ones = np.zeros((B, T, H)), np.ones((B, T, H))
+    # masks of 0: the LSTM itself; masks of 1: the initial state forever
+    np.testing.assert_allclose(model.predict({"x": xs, "d": zeros, "e": zeros}),
+                               lstm.predict(xs), atol=1e-12)
+    frozen = model.predict({"x": xs, "d": ones, "e": ones})
+    np.testing.assert_allclose(frozen, np.broadcast_to(model.params["head_bias"], frozen.shape))
+    zone = {"x": xs, "d": (rng.random((B, T, H)) < 0.3) * 1.0,
+            "e": (rng.random((B, T, H)) < 0.3) * 1.0}
+    a = rnn.bptt(model, zone, ys)
+    b = rnn.bptt(model, zone, ys, executor="reference")
+    for k in a.grads:
+        np.testing.assert_allclose(a.grads[k], b.grads[k], atol=1e-10, err_msg=k)
