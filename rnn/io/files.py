@@ -183,6 +183,8 @@ def _fits(cell: Cell, spec: dict, tensors: dict) -> None:
     than the arrays, checked before the Model allocates and initializes them."""
     from ..model import stack_cells
 
+    if len(cell.inputs) != 1:
+        raise ValueError(f"a model's cell takes one input, this one has {list(cell.inputs)}")
     for k, a in tensors.items():
         if a.dtype != np.dtype(spec["dtype"]):
             raise ValueError(f"array '{k}' is {a.dtype} but the model is {spec['dtype']}")
