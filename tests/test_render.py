@@ -1,6 +1,7 @@
 """Pictures: what the graphviz source says, and that it lays out to SVG."""
 
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -28,8 +29,10 @@ def test_unrolled_has_one_cluster_per_step_and_parameters_once():
     g = render.unrolled(rnn.cells.elman(1, 3), steps=4)
     src = g.source
     assert all(f"cluster_{t}" in src for t in range(4)) and "cluster_4" not in src
-    assert src.count("\tweight_hh [") == 1  # drawn once ...
-    assert src.count("weight_hh -> ") == 4  # ... and tied into every step
+    # the textbook layout (it was one shared node with 4 long edges): listed once in the
+    # key of parameters, and a small reference of it inside every step
+    assert src.count("<TD ALIGN=\"LEFT\">weight_hh</TD>") == 1  # drawn once ...
+    assert all(src.count(f'"weight_hh#{t}" -> ') == 1 for t in range(4))  # ... tied in each
     assert "h@init" in src and "loss" in src
 
 
@@ -167,3 +170,77 @@ def test_formats_the_renderer_lacks_are_refused_by_name(tmp_path):
     with pytest.raises(render.RenderError, match=r"no PDF output; use a \.svg, \.png or \.dot"):
         render.save(render.cell(rnn.cells.elman(1, 2)), tmp_path / "c.pdf")
     assert render.supported_suffixes() == [".svg", ".png", ".dot"]
+
+
+# ------------------------------------------------------------------ the textbook layout
+def _plain(g):
+    """{node: (x, y, w, h)} of a laid-out graph, in inches (dot -Tplain)."""
+    dot = render.find_dot()
+    if dot is None:
+        pytest.skip("no dot and no graphviz-pure here")
+    out = subprocess.run([str(dot), "-Tplain"], input=g.source.encode(), capture_output=True,
+                         timeout=120, check=True).stdout.decode()
+    boxes = {}
+    for line in out.splitlines():
+        f = line.split()
+        if f and f[0] == "graph":
+            boxes["graph"] = (0.0, 0.0, float(f[2]), float(f[3]))
+        if f and f[0] == "node":
+            boxes[f[1].strip('"')] = tuple(map(float, f[2:6]))
+    return boxes
+
+
+def test_the_copies_stand_side_by_side_in_one_row_and_fit_a_page():
+    g = render.unrolled(rnn.Model(rnn.cells.lstm(1, 4), head=1), steps=3)
+    b = _plain(g)
+    xs = [b[f"x@{t}"] for t in range(3)]
+    assert xs[0][0] < xs[1][0] < xs[2][0]  # time runs left to right
+    assert len({round(x[1], 2) for x in xs}) == 1  # ... on one row, not staggered
+    hs = [b[f"h_l0@{t}"] for t in range(3)]
+    assert len({round(h[1], 2) for h in hs}) == 1
+    width, height = b["graph"][2:]
+    assert width < 16 and height < 14  # was 59 x 20 inches (4,252 x 1,425 px)
+    src = g.source
+    assert 'dir=back' in src and "weight=0" in src  # the state edge adds no rank: no stagger
+
+
+def test_a_stack_is_a_time_by_depth_grid():
+    b = _plain(render.unrolled(rnn.Model(rnn.cells.elman(1, 3), layers=2, head=None), steps=3))
+    for t in range(3):
+        assert b[f"h_l1@{t}"][1] > b[f"h_l0@{t}"][1]  # layer 1 above layer 0
+    assert b["h_l0@0"][0] < b["h_l0@1"][0] < b["h_l0@2"][0]
+    assert round(b["h_l1@0"][1], 2) == round(b["h_l1@2"][1], 2)
+
+
+def test_the_folded_and_unrolled_pictures_share_names_and_colours():
+    cell = rnn.cells.lstm(1, 4)
+
+    def fill(src, node):
+        m = re.search(r'\t"?' + re.escape(node) + r'"? \[(?:[^"\]]|"[^"]*")*?fillcolor="([^"]+)"',
+                      src)
+        return m.group(1)
+
+    folded = render.cell(cell).source
+    unrolled = render.unrolled(rnn.Model(cell, head=1), steps=3).source
+    for name in ("c", "h", "f", "o"):
+        assert all(fill(unrolled, f"{name}_l0@{t}") == fill(folded, name) for t in range(3))
+        assert f'label="{name}@1' in unrolled  # the folded name, without the layer suffix
+    assert fill(folded, "c") != fill(folded, "h")
+
+
+def test_cut_edges_read_as_cuts_and_labels_lie_on_no_node():
+    m = rnn.Model(rnn.cells.lstm(1, 3), head=1, seed=0)
+    xs = np.random.default_rng(0).standard_normal((2, 4, 1))
+    g = render.gradients(m, xs, np.zeros((2, 1)), at="last", truncate=2)
+    src = g.source
+    assert src.count('label="8< cut"') == 2  # h and c cross the cut at step 2
+    assert "xlabel" not in src  # norms sit inside their nodes, never beside them
+    b = _plain(g)
+    cuts = [n for n in b if n.startswith("cut#")]
+    assert len(cuts) == 2
+    for c in cuts:
+        cx, cy, cw, ch = b[c]
+        for n, (x, y, w, h) in b.items():
+            if n not in (c, "graph", "time"):
+                assert abs(cx - x) * 2 >= cw + w - 1e-6 or abs(cy - y) * 2 >= ch + h - 1e-6, n
+    assert b["x@0"][0] < b["x@1"][0] < b["x@2"][0] < b["x@3"][0]

@@ -297,9 +297,12 @@ def cell(cell, title: str | None = None) -> graphviz.Digraph:
                             f"{MAX_FULL_NODES} (render.MAX_FULL_NODES) whose layout takes "
                             f"seconds, not minutes; its equations are its readable form")
     g = _digraph("cell", rankdir="LR", label=title or "folded cell: A -> A", labelloc="t")
+    colors = palette(cell)  # shared with render.unrolled: c here is c@0, c@1, ... there
     for name, data in cell.graph.nodes(data=True):
         style = _node_style(data["kind"], name, data["op"], data["shape"],
                             data.get("consts", ()))
+        if data["kind"] in ("state", "var"):
+            style["fillcolor"] = colors.get(_base(name), style["fillcolor"])
         if data.get("output"):
             style["peripheries"] = "2"
         g.node(name, **style)
@@ -312,7 +315,8 @@ def cell(cell, title: str | None = None) -> graphviz.Digraph:
             kind = cell.graph.nodes[u]["kind"]
             g.edge(u, v, color="#b8a000" if kind == "param" else "black")
     _legend(g, ["dashed red: a delay edge, the value from an earlier step",
-                "yellow: parameters, blue: states, green: inputs"])
+                "yellow: parameters, green: inputs; each named value keeps its colour "
+                "in the unrolled picture"])
     return g
 
 
@@ -402,23 +406,44 @@ def unrolled(cell_or_model, steps: int = 4, compact: bool | None = None,
 
 
 def _full(un, prog, adj_norms, title):
+    """The textbook picture: the copies of the cell side by side, x at the bottom of each,
+    the state leaving at the top and entering the next copy; each parameter drawn once in a
+    key, and in every copy as a small reference of the same colour (the tied weight)."""
     kinds = dict(un.cell.graph.nodes(data="kind"))
-    g = _digraph("unrolled", rankdir="LR", compound="true", nodesep="0.15", ranksep="0.3",
-                 label=title or f"unrolled over {un.steps} steps: A -> B (weights tied)",
-                 labelloc="t")
-    scale = _scale(adj_norms)
+    colors = palette(un.cell)
     var_of = {v.name: v for v in prog.inputs}
     var_of.update({e.out.name: e.out for e in prog.eqns})
+    layers = 1 + max((_layer_of(v.node) for v in var_of.values() if v.node), default=0)
+    show = _display(layers)
+    lines = [title or f"unrolled over {un.steps} steps: A -> B (one copy of the cell per step, "
+             f"weights tied)",
+             "each column is the cell at step t (x at the bottom); red: the state carried "
+             "to the next step",
+             "yellow: the parameters, listed once and used by every step (tied); dL/dW sums "
+             "the steps"]
+    if adj_norms is not None:
+        lines.append("numbers: ||dL/d value||; edge colour and width: ||dL/d value|| of the "
+                     "value it feeds (log scale)")
+    g = _digraph("unrolled", rankdir="BT", compound="true", nodesep="0.12", ranksep="0.22",
+                 label="\\n".join(lines), labelloc="t", fontsize="12")
+    scale = _scale(adj_norms)
     cut_src = {e.out.name: e.inputs[0].name for e in prog.eqns if e.op == "stop_gradient"}
     loss_vars = {n for n, v in var_of.items() if v.node is None or v.node == "mask"}
     clusters = {t: graphviz.Digraph(f"cluster_{t}") for t in range(un.steps)}
     for t, c in clusters.items():
-        c.attr(label=f"t = {t}", style="rounded", color="#888888", fontsize="12")
-    init = graphviz.Digraph("cluster_init")
-    init.attr(label="initial state", style="rounded,dashed", color="#888888")
+        c.attr(label=f"t = {t}", style="rounded", color="#888888", fontsize="12",
+               labelloc="b")
+    key_rows = []
     ops = {e.out.name: e.op for e in prog.eqns}
-    layers = 1 + max((_layer_of(v.node) for v in var_of.values() if v.node), default=0)
     sub: dict[tuple[int, int], graphviz.Digraph] = {}
+    where_of: dict[str, graphviz.Digraph] = {}
+
+    def norm_line(name):
+        if adj_norms is None:
+            return None
+        n = adj_norms.get(name)
+        return "0" if n is None else f"{n:.1e}"  # None: no path to the loss
+
     for name, v in var_of.items():
         if name in cut_src or name in loss_vars:
             continue
@@ -431,32 +456,46 @@ def _full(un, prog, adj_norms, title):
             if kind in ("state", "var") and name != f"{v.node}@{v.step}":
                 kind = "op"  # the masked blend's helpers
         style = _node_style(kind if kind != "init" else "input", name, ops.get(name), v.shape)
+        base = _base(v.node) if v.node else name
         if kind == "init":
             style["fillcolor"] = COLORS["init"]
-        if kind in ("state", "var"):
-            style["label"] = f"{name}\n{OP_LABEL.get(ops.get(name), ops.get(name))}"
-        if adj_norms is not None and name in adj_norms:
-            style["xlabel"] = f"{adj_norms[name]:.1e}"
-            style["fontcolor"] = "black"
-        if kind == "param":
-            where = g
-        elif kind == "init":
-            where = init
+            style["label"] = f"initial\n{show(v.node)}\n{_fmt(v.shape)}"
+        elif kind == "input":
+            style["label"] = f"{show(name)}\n{_fmt(v.shape)}"
+        elif kind in ("state", "var"):
+            style["label"] = f"{show(name)}\n{OP_LABEL.get(ops.get(name), ops.get(name))}"
+            style["fillcolor"] = colors.get(base, style["fillcolor"])
+        elif kind == "param":
+            style["label"] = f"{show(name)}\n{_fmt(v.shape)}"
+        extra = norm_line(name)
+        if extra is not None:
+            style["label"] = _with_small_line(style["label"], extra)
+        if kind == "param":  # drawn once, as a row of the key
+            key_rows.append((show(name), _fmt(v.shape), norm_line(name)))
+            continue
+        if kind == "init":  # in step 0, at the height of the value that reads it
+            where = clusters[0]
         elif "_l" in (v.node or "") and layers > 1:  # time x depth: a box per layer in a step
             where = sub.setdefault((v.step, _layer_of(v.node)), graphviz.Digraph(
                 f"cluster_{v.step}_l{_layer_of(v.node)}"))
         else:
             where = clusters[v.step]
+        where_of[name] = where
         where.node(name, **style)
+    top = graphviz.Digraph()  # the top row: the key of parameters, then the loss
+    top.attr(rank="same")
+    if key_rows:
+        top.node("params", label=_key_label(key_rows), shape="plain", tooltip="the "
+                 "parameters, one copy each: every step uses the same arrays")
     if loss_vars:
-        g.node("loss", label="loss\nL = sum_t loss(y_t, target_t)", shape="box", style="filled",
-               fillcolor=COLORS["loss"])
-    for (t, k), c in sorted(sub.items()):
-        c.attr(label=f"layer {k}", style="dotted", color="#aaaaaa", fontsize="9")
-        clusters[t].subgraph(c)
-    for c in list(clusters.values()) + [init]:
-        g.subgraph(c)
-    seen_loss = set()
+        label = "loss\nL = sum over t\nof loss(y_t, target_t)" if un.steps > 1 else "loss"
+        extra = norm_line("loss")
+        top.node("loss", label=label if extra is None else _with_small_line(label, extra),
+                 shape="box", style="filled", fillcolor=COLORS["loss"], margin="0.15,0.08")
+        if key_rows:
+            top.edge("params", "loss", style="invis")
+    g.subgraph(top)
+    seen, inits_done = set(), set()
     for e in prog.eqns:
         if e.out.name in cut_src:
             continue
@@ -465,27 +504,123 @@ def _full(un, prog, adj_norms, title):
             if not hasattr(a, "name") or a.name in loss_vars:
                 continue
             src, cut = (cut_src[a.name], True) if a.name in cut_src else (a.name, False)
-            if dst == "loss":
-                if (src, dst) in seen_loss:
-                    continue
-                seen_loss.add((src, dst))
-            attrs = _edge_style(var_of[src], var_of.get(dst), scale,
+            if (src, dst) in seen:
+                continue
+            seen.add((src, dst))
+            sv, dv = var_of[src], var_of.get(dst)
+            attrs = _edge_style(sv, dv, scale,
                                 adj_norms.get(dst if dst != "loss" else "loss")
                                 if adj_norms else None)
-            if cut:
-                attrs.update(style="dashed", color="#999999", label="cut", penwidth="1",
-                             fontcolor="#777777")
+            if sv.step is None:  # a tied parameter: a reference to it inside the step
+                ref = f"{src}#{dv.step}"
+                if ref not in seen:
+                    seen.add(ref)
+                    where_of[dst].node(ref, label=show(src), shape="box", fontsize="8",
+                                       style="filled,dashed", fillcolor=COLORS["param"],
+                                       color="#b8a000", margin="0.04,0.02", height="0.2",
+                                       width="0.3", tooltip=f"{src} {_fmt(sv.shape)}: the same "
+                                       f"array at every step (tied)")
+                g.edge(ref, dst, color="#c9b458", penwidth="0.8", arrowsize="0.4")
+                continue
+            across = dv is not None and dv.step is not None and sv.step >= 0 \
+                and sv.step != dv.step
+            if cut:  # a node of its own: its label never lies on another node
+                cid = f"cut#{src}#{dst}"
+                where_of[dst].node(cid, label="8< cut", shape="box", style="dashed",
+                                   color="crimson", fontcolor="crimson", fontsize="9",
+                                   margin="0.03,0.01", height="0.2", tooltip="truncated BPTT: "
+                                   "no gradient flows back through this edge")
+                red = dict(style="dashed", color="crimson", penwidth="1.2", weight="0")
+                g.edge(cid, src, dir="back", arrowtail="none", **red)
+                g.edge(dst, cid, dir="back", **red)
+                continue
+            if across:  # the copies stay side by side, in one row: drawn from the state at
+                # the top of step t down to step t+1, as an edge that adds no rank on top
+                g.edge(dst, src, dir="back", weight="0", **attrs)
+                continue
+            if sv.step == -1 and src not in inits_done:  # enters from the left, level
+                inits_done.add(src)
+                level = graphviz.Digraph()
+                level.attr(rank="same")
+                level.node(src)
+                level.node(dst)
+                g.subgraph(level)
+            elif sv.step == -1:
+                attrs["constraint"] = "false"
             g.edge(src, dst, **attrs)
-    for t in range(1, un.steps):  # steps march left to right: step t starts after t-1
-        last = un.values[un.cell.outputs[0]][t - 1].name
-        for vs in un.xs.values():
-            g.edge(last, vs[t].name, style="invis", weight="5")
-    lines = ["one box per step t; yellow parameters are shared by every step",
-             "(their gradients are summed over steps)"]
-    if adj_norms is not None:
-        lines.append("edge colour and width: ||dL/d value|| of the value it feeds (log scale)")
-    _legend(g, lines)
+    # the row: step t+1 right of step t. An invisible node under the inputs, whose edges
+    # keep their order (ordering=out), fixes the order of the columns; a rank=same row
+    # keeps their bottoms level
+    first_inputs = [vs[0].name for vs in un.xs.values()][:1]
+    if first_inputs:
+        name = first_inputs[0].rsplit("@", 1)[0]
+        row = graphviz.Digraph()
+        row.attr(rank="same")
+        g.node("time", label="", shape="point", style="invis", ordering="out")
+        for t in range(un.steps):
+            row.node(f"{name}@{t}")
+            g.edge("time", f"{name}@{t}", style="invis")
+        g.subgraph(row)
+    for (t, k), c in sorted(sub.items()):
+        c.attr(label=f"layer {k}", style="dotted", color="#aaaaaa", fontsize="9",
+               labelloc="b")
+        clusters[t].subgraph(c)
+    for c in clusters.values():  # last: subgraph() copies, so only now are they complete
+        g.subgraph(c)
     return g
+
+
+def _key_label(rows) -> str:
+    """The parameters, one row each (name, shape, and ||dL/dW|| when known): an HTML table."""
+    import html
+
+    cells = "".join(
+        f'<TR><TD ALIGN="LEFT">{html.escape(n)}</TD><TD ALIGN="LEFT">{html.escape(s)}</TD>'
+        + (f'<TD ALIGN="RIGHT"><FONT POINT-SIZE="8">{html.escape(x)}</FONT></TD>' if x else "")
+        + "</TR>" for n, s, x in rows)
+    span = 3 if any(x for *_, x in rows) else 2
+    return (f'<<TABLE BORDER="1" CELLBORDER="0" CELLSPACING="0" CELLPADDING="3" '
+            f'BGCOLOR="{COLORS["param"]}" COLOR="#b8a000"><TR><TD COLSPAN="{span}"><B>'
+            f'parameters</B> (one copy each, used by every step)</TD></TR>{cells}</TABLE>>')
+
+
+def _base(node: str) -> str:
+    """A cell node's name without its layer suffix: c_l1 -> c."""
+    return re.sub(r"_l\d+$", "", node)
+
+
+def _display(layers: int):
+    """Names as the reader knows them: c_l0@2 -> c@2 for one layer (the folded cell's c)."""
+    if layers > 1:
+        return lambda n: n
+    return lambda n: re.sub(r"_l0(?=$|[@.#])", "", n)
+
+
+def _with_small_line(label: str, line: str) -> str:
+    """A node's label with one more line in small type (an HTML label)."""
+    import html
+
+    body = "<BR/>".join(html.escape(p) for p in label.split("\n"))
+    return f'<{body}<BR/><FONT POINT-SIZE="8">{html.escape(line)}</FONT>>'
+
+
+# Linked views: a named value has the same fill in the folded cell and in every copy of the
+# unrolled one (c, c@0, c@1, ...); states in deeper colours than the other named values.
+STATE_FILLS = ["#a9cbff", "#ffc59a", "#c5b3f2", "#9edfd6", "#f6a9c8", "#c9e39a"]
+VAR_FILLS = ["#e3d9f7", "#d8f0e0", "#fde3cf", "#dceefa", "#f7dceb", "#e9f3cc", "#e8e2d4",
+             "#d9e4f5", "#f4e6c9", "#dff5f2"]
+
+
+def palette(cell) -> dict[str, str]:
+    """{base name: fill} for the states and named values of a cell (or a model's full
+    cell, whose c_l0, c_l1 share c's fill): the same for the folded and unrolled views."""
+    cell = getattr(cell, "full", cell)
+    states = sorted(dict.fromkeys(_base(s) for s in cell.states), key=lambda s: s != "h")
+    named = [_base(n) for n, k in cell.graph.nodes(data="kind") if k == "var"]
+    named = [n for n in dict.fromkeys(named) if n not in states]
+    out = {s: STATE_FILLS[i % len(STATE_FILLS)] for i, s in enumerate(states)}
+    out.update({n: VAR_FILLS[i % len(VAR_FILLS)] for i, n in enumerate(named)})
+    return out
 
 
 def _scale(norms):
