@@ -3,7 +3,9 @@ baselines, and a short training run that beats them."""
 
 import math
 
+import numba
 import numpy as np
+import pytest
 
 from rnn.data import tasks
 from tools import chars
@@ -34,6 +36,7 @@ def test_ngram_baselines_are_probabilities():
     assert math.isclose(tasks.ngram_bits("aaab", "aa", vocab, 2), -math.log2(3 / 5))
 
 
+@pytest.mark.skipif(numba.config.DISABLE_JIT, reason="330,000 characters of plain Python loops")
 def test_a_short_run_beats_the_unigram_and_samples_text():
     lines = []
     r = chars.train("gru", hidden=24, epochs=1, batch=64, steps=32, sample=40,

@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import numba
 import numpy as np
 import pytest
 
@@ -165,6 +166,7 @@ def test_cell_files_take_the_size_flags_and_default_sizes(tmp_path, capsys):
     assert "22 parameters" in capsys.readouterr().out  # W 6, U 9, b 3, head 4
 
 
+@pytest.mark.skipif(numba.config.DISABLE_JIT, reason="330,000 characters of plain Python loops")
 def test_train_chars_ends_with_the_bits_per_char_line(capsys):
     assert main(["train", "chars", "--cell", "gru", "--hidden-size", "16", "--epochs", "1",
                  "--batch-size", "64"]) == 0
