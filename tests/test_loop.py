@@ -264,6 +264,16 @@ def test_feeders_a_window_at_a_time_agree(windows):
                                    atol=1e-12)
 
 
+def test_seq2seq_a_window_at_a_time(windows):
+    rng = np.random.default_rng(4)
+    s2s = rnn.Seq2Seq(cells.lstm(3, 4), cells.gru(1, 4), head=3, out_steps=9)
+    xs, ys = rng.standard_normal((2, 11, 3)), rng.standard_normal((2, 9, 3))
+    a, b = rnn.bptt(s2s, xs, ys, executor="reference"), rnn.bptt(s2s, xs, ys)
+    assert abs(a.loss - b.loss) < 1e-12 and windows[0] >= 3
+    for k in a.grads:
+        np.testing.assert_allclose(b.grads[k], a.grads[k], atol=1e-10, err_msg=k)
+
+
 @settings(max_examples=8, deadline=None, derandomize=True)
 @given(cell_text())
 def test_random_cells_agree_a_window_at_a_time(text):
