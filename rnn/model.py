@@ -356,8 +356,12 @@ class Model:
 
     def __repr__(self):
         n = sum(p.size for p in self._params.values())
+        extra = "".join(f", {k}={v}" for k, v in (("bidirectional", self.bidirectional),
+                                                   ("dropout", self.dropout),
+                                                   ("recurrent_dropout",
+                                                    self.recurrent_dropout)) if v)
         return (f"Model({self.input_size} -> {self.output_size}, layers={self.layers}, "
-                f"head={self.head}, states={list(self.cell.states)}, {n} parameters, "
+                f"head={self.head}{extra}, states={list(self.cell.states)}, {n} parameters, "
                 f"{self.dtype})")
 
     def init_params(self, seed: int = 0) -> dict[str, np.ndarray]:
@@ -415,6 +419,11 @@ class Model:
         """Write the model (the cell's equations and the weights) to a safetensors file,
         atomically; ``rnn.Model.load(path)`` reads it back (rnn/io/files.py)."""
         from .io import files
+
+        if self.bidirectional or self.dropout or self.recurrent_dropout:
+            raise ValueError("model files do not record bidirectional, dropout or "
+                             "recurrent_dropout yet: save the weights with "
+                             "np.savez(path, **model.params) and make the Model again")
 
         return files.save(self, path)
 

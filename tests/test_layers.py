@@ -252,3 +252,11 @@ def test_zoneout_example_cell():
     b = rnn.bptt(model, zone, ys, executor="reference")
     for k in a.grads:
         np.testing.assert_allclose(a.grads[k], b.grads[k], atol=1e-10, err_msg=k)
+
+
+def test_save_refuses_what_model_files_do_not_record_yet(tmp_path):
+    for kw in ({"bidirectional": True}, {"dropout": 0.5, "layers": 2},
+               {"recurrent_dropout": 0.1}):
+        with pytest.raises(ValueError, match="do not record"):
+            rnn.Model(rnn.cells.gru(2, 3), **kw).save(tmp_path / "m.unroll")
+    assert "bidirectional=True" in repr(rnn.Model(rnn.cells.gru(2, 3), bidirectional=True))
