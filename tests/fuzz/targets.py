@@ -20,6 +20,7 @@ import resource
 import struct
 import sys
 import traceback
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -280,7 +281,8 @@ def build_file(case: dict, bases: list[bytes]) -> bytes:
         head, _ = _split(data)
         meta = dict(head["__metadata__"])
         tensors = dict(load(data))
-        with np.errstate(all="ignore"):  # NaN cast to int, on purpose
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # NaN cast to int, complex to real: on purpose
             for op in case["model"]:
                 _model_op(op, meta, tensors)
         if case["cell"] is not None:
