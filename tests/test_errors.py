@@ -231,9 +231,9 @@ def test_from_torch_reads_the_layers_and_refuses_keys_it_does_not_use():
         np.testing.assert_array_equal(m.params[k], v)
     with pytest.raises(ValueError, match=r"num_layers=1 but the state_dict holds 2 layer"):
         rnn.interop.from_torch("lstm", sd, num_layers=1)
-    rev = {**sd, "weight_ih_l0_reverse": sd["weight_ih_l0"]}
-    with pytest.raises(ValueError, match=r"'weight_ih_l0_reverse' is not used \(a "
-                                         r"bidirectional"):
+    rev = {**sd, "weight_ih_l0_reverse": sd["weight_ih_l0"]}  # a bidirectional one, cut
+    with pytest.raises(ValueError, match=r"lacks '\w+_l0_reverse' \(an nn.LSTM of 2 "
+                                         r"layer\(s\), bidirectional"):
         rnn.interop.from_torch("lstm", rev)
     with pytest.raises(ValueError, match=r"'weight_hr_l0' is not used \(proj_size"):
         rnn.interop.from_torch("lstm", {**sd, "weight_hr_l0": np.zeros((3, 3))})

@@ -111,11 +111,32 @@ def test_a_one_bias_model_goes_to_torch_with_zero_bias_hh(kind, cell, opts):
                                rtol=0, atol=1e-12)
 
 
-def test_a_bidirectional_module_is_refused_naming_the_key():
-    mod = torch.nn.GRU(3, 4, bidirectional=True, dtype=F64)
-    with pytest.raises(ValueError, match=r"key 'bias_hh_l0_reverse' is not used \(a "
-                                         r"bidirectional"):
-        rnn.interop.from_torch("gru", mod.state_dict())
+@pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("layers", [1, 2])
+def test_bidirectional_modules_load_and_round_trip(kind, layers):
+    """_reverse keys make a bidirectional Model: outputs, loss and every gradient as
+    torch's, and to_torch loads back with strict=True."""
+    torch.manual_seed(layers)
+    mod = MODULES[kind](3, 4, num_layers=layers, batch_first=True, bidirectional=True,
+                        dtype=F64)
+    model = rnn.interop.from_torch(kind, mod.state_dict())
+    assert model.bidirectional and model.layers == layers
+    rng = np.random.default_rng(6)
+    xs, ys = rng.standard_normal((2, 5, 3)), rng.standard_normal((2, 5, 8))
+    x = torch.tensor(xs)
+    out, _ = mod(x)
+    loss = ((out - torch.tensor(ys)) ** 2).mean()
+    loss.backward()
+    res = rnn.bptt(model, xs, ys)
+    np.testing.assert_allclose(res.outputs, out.detach().numpy(), atol=1e-10)
+    assert abs(res.loss - loss.item()) < 1e-10
+    for k, v in mod.named_parameters():
+        np.testing.assert_allclose(res.grads[k], v.grad.numpy(), atol=1e-7, err_msg=k)
+    back = MODULES[kind](3, 4, num_layers=layers, batch_first=True, bidirectional=True,
+                         dtype=F64)
+    back.load_state_dict({k: torch.from_numpy(v) for k, v in
+                          rnn.interop.to_torch(model).items()}, strict=True)
+    np.testing.assert_allclose(back(x)[0].detach().numpy(), out.detach().numpy(), atol=1e-12)
 
 
 def test_float32_modules_give_float32_models():

@@ -63,9 +63,9 @@ def from_torch(kind: str, state_dict: dict, nonlinearity: str = "tanh", *,
     ``bias=False`` (no ``bias_*`` keys: a cell without bias terms) and an LSTM's
     ``proj_size`` (``weight_hr_l{k}``, (P, H)). ``nonlinearity="relu"`` for an ``nn.RNN``
     made with it (a state_dict does not say). Every key must be used: a key this model has
-    no place for (``_reverse`` weights of a bidirectional module, a stray name) is an
-    error naming it. Initial states and ``state_grads`` are shaped as PyTorch's h0/c0
-    (module docstring).
+    no place for (a stray name) is an error naming it. ``_reverse`` keys make a
+    bidirectional Model (``bidirectional=True``). Initial states and ``state_grads``
+    are shaped as PyTorch's h0/c0 (module docstring).
 
     >>> import numpy as np
     >>> sd = {"weight_ih_l0": np.zeros((4, 3)), "weight_hh_l0": np.zeros((4, 4))}
@@ -111,14 +111,15 @@ def from_torch(kind: str, state_dict: dict, nonlinearity: str = "tanh", *,
         cell = cells.gru(I, H, biases=biases)
     else:
         cell = cells.elman(I, H, nonlinearity=nonlinearity, biases=biases)
-    model = Model(cell, layers=layers, head=head, dtype=str(w0.dtype), seed=seed)
+    bi = "weight_ih_l0_reverse" in sd  # bidirectional=True: the reverse direction's keys
+    model = Model(cell, layers=layers, head=head, dtype=str(w0.dtype), seed=seed,
+                  bidirectional=bi)
     what = (f"an nn.{'RNN' if G == 1 else kind.upper()} of {layers} layer(s)"
+            f"{', bidirectional' if bi else ''}"
             f"{f', proj_size={proj}' if proj else ''}{', bias=False' if not biases else ''}")
     wanted = [n for n in model.params if not n.startswith(("head_", "init_"))]
     for key in sorted(set(sd) - set(wanted)):
-        if key.endswith("_reverse"):
-            why = "a bidirectional module's reverse direction is not supported"
-        elif key.startswith("weight_hr") and kind != "lstm":
+        if key.startswith("weight_hr") and kind != "lstm":
             why = "weight_hr is the projection of an nn.LSTM with proj_size"
         else:
             why = f"{what} has {wanted}"
@@ -155,12 +156,13 @@ def to_torch(model: Model) -> dict[str, np.ndarray]:
                          "(rnn.cells.gru)")
     out = {}
     for k in range(model.layers):
-        for base in TORCH_KEYS:
-            name = f"{base}_l{k}"
-            if name in model.params:
-                out[name] = model.params[name].copy()
-            elif base == "bias_hh" and opts["biases"] == 1:
-                out[name] = np.zeros_like(model.params[f"bias_ih_l{k}"])
+        for rev in ("", "_reverse") if getattr(model, "bidirectional", False) else ("",):
+            for base in TORCH_KEYS:
+                name = f"{base}_l{k}{rev}"
+                if name in model.params:
+                    out[name] = model.params[name].copy()
+                elif base == "bias_hh" and opts["biases"] == 1:
+                    out[name] = np.zeros_like(model.params[f"bias_ih_l{k}{rev}"])
     return out
 
 
