@@ -1026,6 +1026,8 @@ class Plan:
                 cts = [None, None if x.kind != "node" else g2 @ params[W.name]]
         else:
             y = vals[n.out].reshape(T * B, n.width)
+            if len(args) == 1 and np.ndim(args[0]) < 2:  # softplus(b): of a parameter, its
+                args = [np.ascontiguousarray(np.broadcast_to(args[0], g2.shape))]  # rows
             cts = OPS[n.op].vjp(g2, y, *args, **n.kw)
         handed = set()  # arrays given to an adjoint as they are (not copied)
         for a, arr, c in zip(n.args, args, cts):
