@@ -242,7 +242,14 @@ def _read(path: Path, fmt: str):
                 raise ModelFileError(f"{path} is an unroll model file of version "
                                      f"{meta.get('version')!r}; this unroll reads version "
                                      f"{VERSION}")
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            tensors = {}
+            for k in f.keys():
+                try:
+                    tensors[k] = f.get_tensor(k)
+                except Exception as e:  # noqa: BLE001 - BF16 or F8 (numpy has neither:
+                    # TypeError, AttributeError), over 64 dims (ValueError), ...
+                    raise ModelFileError(f"{path} is not a valid model file: array {k!r} "
+                                         f"cannot be read: {type(e).__name__}: {e}") from None
     except SafetensorError as e:
         raise ModelFileError(f"{path} is not a valid model file: {e}") from None
     if meta.get("sha256") != _digest(tensors):
