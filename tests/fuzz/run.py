@@ -77,6 +77,8 @@ def main(argv=None) -> int:
                 return
             outcome = "FAULT"
             sig = f"{target}: {f.where}: {_signature(f.what)}"
+            if sig not in faults:  # said at once: a run cut short still tells
+                print(f"FAULT {sig}\n    {f.what[:300]}", file=sys.stderr, flush=True)
             if sig not in faults or size < faults[sig][0]:
                 faults[sig] = (size, case, f.what)
         except Timeout:
@@ -116,7 +118,12 @@ def main(argv=None) -> int:
         @settings(quiet, max_examples=args.files)
         @given(strategies.file_cases(targets.base_cell_texts()))
         def files(case):
-            data = targets.build_file(case, bases)
+            try:
+                data = targets.build_file(case, bases)
+            except Exception as e:  # noqa: BLE001 - the harness's own fault: say it, go on
+                counts["files"]["harness error"] += 1
+                print(f"harness error {type(e).__name__}: {e} on {case!r:.300}", file=sys.stderr)
+                return
             run_case("files", lambda: targets.check_file(data, path), data, len(data))
 
         files()

@@ -366,11 +366,12 @@ def _header_op(op, data: bytes) -> bytes:
     elif kind == "h_offsets" and k:
         off = head[k].get("data_offsets")
         v = op[2]
-        if isinstance(v, str) and isinstance(off, list) and len(off) == 2:
+        if isinstance(v, str) and isinstance(off, list) and len(off) == 2 and all(
+                type(o) is int for o in off):
             v = {"shift+1": [off[0] + 1, off[1] + 1], "shift-1": [off[0] - 1, off[1] - 1],
                  "shift+8": [off[0] + 8, off[1] + 8], "swap": off[::-1],
                  "grow": [off[0], off[1] + 8], "shrink": [off[0], off[1] - 8]}[v]
-        head[k]["data_offsets"] = v
+        head[k]["data_offsets"] = off if isinstance(v, str) else v
     elif kind == "h_meta":
         if op[1] == "__all__":
             if op[2] == "DELETE":
