@@ -92,7 +92,7 @@ def test_demo_writes_results_and_pictures(tmp_path):
     assert abs(data["models"][1]["test_rmse"] - 41.85) < 0.01
     assert res["models"][-1]["test_rmse"] <= 30
     for f in ["cell.svg", "unrolled.svg", "gradient_flow.svg", "gradient_flow_elman.svg",
-              "predictions.png"]:
+              "predictions.png", "jacobians.png"]:
         assert (tmp_path / f).stat().st_size > 1000, f
 
 

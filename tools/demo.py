@@ -201,10 +201,47 @@ def run(out: str = "out", quiet: bool = False, epochs: int = 150) -> dict:
                "best": {"cell": kind, "hidden": hidden}}
     (outdir / "results.json").write_text(json.dumps(results, indent=2))
     _pictures(outdir, best, y, dates, test, rows, quiet)
-    say(f"wrote {outdir}/: results.json, predictions.png, cell.svg, unrolled.svg, "
-        f"unrolled_compact.svg, gradient_flow.svg, gradient_flow_elman.svg "
+    _jacobians(outdir, best, y, train, test, epochs, quiet)
+    say(f"wrote {outdir}/: results.json, predictions.png, jacobians.png, cell.svg, "
+        f"unrolled.svg, unrolled_compact.svg, gradient_flow.svg, gradient_flow_elman.svg "
         f"({time.perf_counter() - t0:.0f}s in all)", quiet)
     return results
+
+
+def _jacobians(outdir, best, y, train, test, epochs, quiet):
+    """Why gradients vanish or survive: the largest singular value of each step's
+    Jacobian dS_t/dS_(t-1) along a test window, for an Elman, a GRU and an LSTM of the
+    chosen size, at initialization and trained like the chosen model (jacobians.png)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .jacobian import spectral_norms
+
+    say("step Jacobians of Elman, GRU and LSTM, at initialization and trained ...", quiet)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for kind, color in (("elman", "tab:red"), ("gru", "tab:green"), ("lstm", "tab:blue")):
+        g = best if kind == best.kind else GrowthRNN(y, kind, best.hidden, epochs=epochs)
+        fresh = GrowthRNN(y, kind, best.hidden).model
+        if g is not best:
+            g.fit(train)
+        xs, _ = g.windows(test[:1])
+        xs = (xs - g.mu) / g.sd
+        steps = np.arange(1, xs.shape[1] + 1)
+        ax.plot(steps, spectral_norms(fresh, xs), color=color, ls="--", lw=1,
+                label=f"{kind}, initialization")
+        ax.plot(steps, spectral_norms(g.model, xs), color=color, lw=1.8,
+                label=f"{kind}, trained")
+    ax.axhline(1, color="gray", ls=":", lw=1)
+    ax.set(xlabel="step t of a 12-month test window", yscale="log",
+           ylabel="largest singular value of dS_t/dS_t-1",
+           title="how much gradient one step can pass back (bounds ||dL/dS_t-1|| / ||dL/dS_t||)")
+    ax.title.set_fontsize(9)
+    ax.legend(fontsize=7, ncol=3)
+    fig.tight_layout()
+    fig.savefig(outdir / "jacobians.png", dpi=110)
+    plt.close(fig)
 
 
 def format_table(rows) -> str:
@@ -245,8 +282,12 @@ def _pictures(outdir, best, y, dates, test, rows, quiet):
     ax.plot(months, y, color="black", lw=1.5, label="passengers (truth)")
     ax.plot(test, best.predict(test), color="crimson", lw=1.5,
             label=f"{rows[-1]['name']} (test RMSE {rows[-1]['test_rmse']:.1f})")
-    ax.plot(test, seasonal_naive(y, test), color="gray", ls="--", lw=1,
-            label=f"seasonal naive (test RMSE {rows[1]['test_rmse']:.1f})")
+    base = min((r for r in rows if r["note"] == "baseline"), key=lambda r: r["test_rmse"])
+    f = {rows[0]["name"]: persistence, rows[1]["name"]: seasonal_naive,
+         rows[2]["name"]: seasonal_growth}[base["name"]]
+    ax.plot(test, f(y, test), color="gray", ls="--", lw=1,
+            label=f"{base['name']}, the strongest baseline (test RMSE "
+                  f"{base['test_rmse']:.1f})")
     ax.axvline(test[0] - 0.5, color="#888", lw=0.8)
     ax.text(test[0] + 1, y.max() * 0.95, "test", color="#555")
     ticks = months[::12]
