@@ -177,6 +177,15 @@ def test_softplus_of_a_parameter_runs_on_both_executors():
     assert targets.check_cell(case) == "agreed"
 
 
+@pytest.mark.xfail(strict=True, raises=targets.Fault, reason=(
+    "rnn/program (the compiled executor): a state the loss does not read (c) overflows to "
+    "inf; the reference gives dL/dU = 0, the compiled backward loop 0 * inf = NaN"))
+def test_a_dead_state_that_overflows_gives_zero_gradients_on_both_executors():
+    case = {"text": "c = c[t-1] + tanh(sigmoid(U @ h[t-1]) ** -1000)\nh = W @ x",
+            "inputs": {"x": 2}, "states": {"h": 2, "c": 2}, "sizes": {}}
+    assert targets.check_cell(case) == "agreed"
+
+
 # ---------------------------------------------------------------- the loader, by hand
 def _saved(tmp_path, **kw):
     m = Model(rnn.cells.elman(3, 4), seed=1, **kw)
