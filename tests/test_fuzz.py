@@ -177,10 +177,9 @@ def test_softplus_of_a_parameter_runs_on_both_executors():
     assert targets.check_cell(case) == "agreed"
 
 
-@pytest.mark.xfail(strict=True, raises=targets.Fault, reason=(
-    "rnn/program (the compiled executor): a state the loss does not read (c) overflows to "
-    "inf; the reference gives dL/dU = 0, the compiled backward loop 0 * inf = NaN"))
 def test_a_dead_state_that_overflows_gives_zero_gradients_on_both_executors():
+    # a state the loss does not read (c) overflows to inf: the reference gives dL/dU = 0,
+    # the compiled backward loop gave 0 * inf = NaN (it now skips what reaches no output)
     case = {"text": "c = c[t-1] + tanh(sigmoid(U @ h[t-1]) ** -1000)\nh = W @ x",
             "inputs": {"x": 2}, "states": {"h": 2, "c": 2}, "sizes": {}}
     assert targets.check_cell(case) == "agreed"
@@ -265,7 +264,10 @@ def test_arrays_numpy_cannot_hold_are_a_model_file_error(tmp_path, dtype, shape,
                        "w": {"dtype": dtype, "shape": shape, "data_offsets": [0, nbytes]}})
     path = tmp_path / "w.unroll"
     path.write_bytes(len(head).to_bytes(8, "little") + head.encode() + b"\0" * nbytes)
-    _refused(path, "array 'w' cannot be read")
+    # numpy reads BF16 and F8 once ml_dtypes is imported (Keras or JAX in the same
+    # process): then the file is refused further on (it has no checksum)
+    _refused(path, "array 'w' cannot be read" if dtype == "F64" or "ml_dtypes" not in
+             sys.modules else "array 'w' cannot be read|checksum")
 
 
 def test_a_cell_text_past_the_cap_is_refused(tmp_path, monkeypatch):
