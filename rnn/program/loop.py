@@ -324,6 +324,7 @@ class _Emit:
                         and n.args[i].name not in self.names}
         self.lits: dict[float, str] = {}  # number literal -> its module constant
         self.windowed: set[str] = set()  # outside values given a window of steps (Plan)
+        self.live: set[str] = {n.out for n in grp.nodes}  # what reaches an output (Plan)
         self.ring = {}  # in-group value read with delays -> ring length (max delay + 1)
         for name, d in self.delayed:
             if name in self.names:
@@ -606,9 +607,10 @@ class _Emit:
                          f"        s += g{i}[b, j] * g{i}[b, j]",
                          f"NORM{i}[t] = math.sqrt(s)", "if KEEP_ADJ:",
                          f"    KEEP{i}[t] = g{i}"]
-            loop += self.bwd_node(n)
+            if n.out in self.live:
+                loop += self.bwd_node(n)
         for n in grp.nodes:
-            if n.op == "matvec":
+            if n.op == "matvec" and n.out in self.live:
                 loop += self.weight_grad(n)
         body += ["    " + ln for ln in loop]
         return "\n".join(lines + ["    " + ln for ln in body]) + "\n"
@@ -647,6 +649,8 @@ class _Emit:
             i = self.idx[n.out]
             if n in states:
                 out += [f"        N{i}[j] += a{i} * a{i}", f"        KEEP{i}[kt, b, j] = a{i}"]
+            if n.out not in self.live:  # its adjoint is 0: 0 * an infinite slope is no NaN
+                continue
             if n.op == "slice":
                 a = n.args[0]
                 start = n.kw["index"][1][0] or 0
@@ -748,8 +752,10 @@ class Plan:
                                if n.op == "matvec"), default=0)
         self.needed = _needed(step, self.groups)
         emit = {k: _Emit(step, g) for k, g in enumerate(self.groups) if isinstance(g, Loop)}
+        self.live = live = _live(step)
         for em in emit.values():
             self.needed |= em.bwd_ext
+            em.live = live
         self.feeders = _feeders(step, self.groups, self.needed)
         for k, em in emit.items():
             grp = em.grp
@@ -943,7 +949,7 @@ class Plan:
                     norms[n.out] = np.sqrt(np.einsum("tbj,tbj->t", gg, gg))
                     if keep_adjoints:
                         kept[n.out] = gg.copy()  # adjoints are passed on and added to
-                if g is None:
+                if g is None or n.out not in self.live:  # (a zero adjoint: nothing to send)
                     continue
                 self._sweep_backward(n, g, vals, params, init, gparams, ginit, adj, K, T, B)
                 continue
@@ -997,7 +1003,7 @@ class Plan:
                 if a.kind == "node" and a.name not in mine:
                     wadj[a.name] = adj_of(a.name)[T0:T1]
         for n in reversed(feed):
-            if n.out in wadj:
+            if n.out in wadj and n.out in self.live:
                 self._sweep_backward(n, wadj[n.out], win, params, init, gparams, ginit,
                                      wadj, 0, T1 - T0, B)
 
@@ -1175,6 +1181,19 @@ WGRAD_ROWS = 1024  # rows (steps x batch) of a loop's weight-gradient GEMMs
 # a loop's feeders (an LSTM's input projection, ...) that would hold more than WINDOW_MIN
 # bytes over all T are computed, and their reverse mode run, WINDOW bytes at a time
 WINDOW_MIN, WINDOW = 16 << 20, 4 << 20
+
+
+def _live(step: Step) -> set:
+    """The values an output depends on, at any delay: the rest gets no adjoint, as in the
+    reference interpreter's reverse mode, which never reaches it."""
+    reads = {n.out: [a.name for a in n.args if a.kind == "node"] for n in step.nodes}
+    live, todo = set(step.outputs), list(step.outputs)
+    while todo:
+        for a in reads.get(todo.pop(), ()):
+            if a not in live:
+                live.add(a)
+                todo.append(a)
+    return live
 
 
 def _chunk(T: int, B: int) -> int:
