@@ -420,11 +420,6 @@ class Model:
         atomically; ``rnn.Model.load(path)`` reads it back (rnn/io/files.py)."""
         from .io import files
 
-        if self.bidirectional or self.dropout or self.recurrent_dropout:
-            raise ValueError("model files do not record bidirectional, dropout or "
-                             "recurrent_dropout yet: save the weights with "
-                             "np.savez(path, **model.params) and make the Model again")
-
         return files.save(self, path)
 
     @classmethod

@@ -254,9 +254,20 @@ def test_zoneout_example_cell():
         np.testing.assert_allclose(a.grads[k], b.grads[k], atol=1e-10, err_msg=k)
 
 
-def test_save_refuses_what_model_files_do_not_record_yet(tmp_path):
-    for kw in ({"bidirectional": True}, {"dropout": 0.5, "layers": 2},
-               {"recurrent_dropout": 0.1}):
-        with pytest.raises(ValueError, match="do not record"):
-            rnn.Model(rnn.cells.gru(2, 3), **kw).save(tmp_path / "m.unroll")
+def test_model_files_keep_bidirectional_dropout_and_several_inputs(tmp_path):
+    rng = np.random.default_rng(3)
+    two = rnn.Cell.from_equations("h = tanh(W @ x + V @ u + U @ h[t-1])",
+                                  inputs={"x": 2, "u": 1}, states={"h": 3})
+    xs2 = rng.standard_normal((2, 5, 2))
+    for cell, kw, xs in [
+            (rnn.cells.gru(2, 3), {"bidirectional": True, "layers": 2, "head": 1}, xs2),
+            (rnn.cells.gru(2, 3), {"dropout": 0.5, "layers": 2}, xs2),
+            (rnn.cells.lstm(2, 3), {"recurrent_dropout": 0.1}, xs2),
+            (two, {"layers": 2, "head": 2},
+             {"x": xs2, "u": rng.standard_normal((2, 5, 1))})]:
+        m = rnn.Model(cell, seed=4, **kw)
+        back = rnn.Model.load(m.save(tmp_path / "m.unroll"))
+        for k in ("bidirectional", "dropout", "recurrent_dropout", "layers", "head"):
+            assert getattr(back, k) == getattr(m, k), k
+        np.testing.assert_array_equal(back.predict(xs), m.predict(xs))
     assert "bidirectional=True" in repr(rnn.Model(rnn.cells.gru(2, 3), bidirectional=True))

@@ -57,6 +57,10 @@ MAX_STACKED_NODES = 1 << 18  # layers x the cell's operations: stacking takes se
 DTYPES = {"float32": "F32", "float64": "F64"}
 
 
+# the Model's options a spec may add, with the value a spec without them means
+OPTIONS = {"bidirectional": False, "dropout": 0.0, "recurrent_dropout": 0.0}
+
+
 class ModelFileError(UnrollError, ValueError):
     """A model file that cannot be read back: what is wrong, and with which file."""
 
@@ -72,6 +76,9 @@ def save(model, path) -> Path:
             "sizes": {k: v for k, v in cell.declared.items() if k not in cell.states},
             "layers": model.layers, "head": model.head, "dtype": model.dtype,
             "learn_initial": list(model.learn_initial)}
+    for key, default in OPTIONS.items():  # written only where set: older readers load the rest
+        if getattr(model, key, default) != default:
+            spec[key] = getattr(model, key)
     _write(path, FORMAT, model.params, {"cell": cell.text, "spec": json.dumps(spec)})
     return path
 
@@ -144,7 +151,8 @@ def load(path):
                                    outputs=spec["outputs"], sizes=spec["sizes"])
         _fits(cell, spec, tensors)
         model = Model(cell, layers=spec["layers"], head=spec["head"], dtype=spec["dtype"],
-                      learn_initial=spec["learn_initial"])
+                      learn_initial=spec["learn_initial"],
+                      **{k: spec.get(k, d) for k, d in OPTIONS.items()})
     except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as e:
         raise ModelFileError(f"{path}: its model description does not build a model: "
                              f"{type(e).__name__}: {e}") from None
@@ -175,6 +183,12 @@ def _spec(meta: dict) -> dict:
     learn = spec["learn_initial"]
     if not isinstance(learn, list) or not all(isinstance(s, str) for s in learn):
         raise TypeError(f"learn_initial must be a list of state names, got {learn!r}")
+    if not isinstance(spec.get("bidirectional", False), bool):
+        raise TypeError(f"bidirectional must be true or false, got {spec['bidirectional']!r}")
+    for key in ("dropout", "recurrent_dropout"):
+        p = spec.get(key, 0.0)
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
+            raise ValueError(f"{key} must be a number in [0, 1), got {p!r}")
     return spec
 
 
@@ -183,8 +197,6 @@ def _fits(cell: Cell, spec: dict, tensors: dict) -> None:
     than the arrays, checked before the Model allocates and initializes them."""
     from ..model import stack_cells
 
-    if len(cell.inputs) != 1:
-        raise ValueError(f"a model's cell takes one input, this one has {list(cell.inputs)}")
     for k, a in tensors.items():
         if a.dtype != np.dtype(spec["dtype"]):
             raise ValueError(f"array '{k}' is {a.dtype} but the model is {spec['dtype']}")
@@ -197,6 +209,8 @@ def _fits(cell: Cell, spec: dict, tensors: dict) -> None:
                          f"than the {MAX_STACKED_NODES:,} operations a model file may describe")
     have = sum(a.size for a in tensors.values())
     need = sum(math.prod(s) for s in stack_cells(cell, layers, spec["head"]).params.values())
+    if spec.get("bidirectional"):  # at least twice the layers (a reverse copy of each)
+        need += sum(math.prod(s) for s in stack_cells(cell, layers, None).params.values())
     need += layers * sum(cell.states.get(s, 0) for s in set(spec["learn_initial"]))
     if need > have:
         raise ValueError(f"the model it describes has {need:,} parameter values; the file's "

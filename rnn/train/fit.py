@@ -446,9 +446,12 @@ def _fingerprint(model, optimizer, arrays, *settings) -> str:
     (training and validation) and fit's settings. A checkpoint of another run is not
     resumed."""
     h = hashlib.sha256()
+    options = tuple(getattr(model, k, 0) for k in ("bidirectional", "dropout",
+                                                   "recurrent_dropout"))
     h.update(repr((model.cell.text, model.cell.inputs, model.cell.states, model.layers,
                    model.head, model.dtype, type(optimizer).__name__,
-                   getattr(optimizer, "_settings", lambda: "")(), settings)).encode())
+                   getattr(optimizer, "_settings", lambda: "")(), settings)
+                  + ((options,) if any(options) else ())).encode())
     for a in arrays:
         if a is not None:
             a = np.ascontiguousarray(a)
