@@ -7,6 +7,8 @@
 True
 """
 
+from engine.errors import CellError
+
 from .bptt import BPTTResult, bptt
 from .data import tasks
 from .io import interop
@@ -20,6 +22,6 @@ from .seq2seq import Seq2Seq
 from .train import callbacks, optim, schedules
 from .train.fit import History, fit
 
-__all__ = ["BPTTResult", "Cell", "CellBuilder", "History", "Model", "ModelFileError", "Seq2Seq",
-           "Unrolled", "bptt", "callbacks", "cells", "fit", "interop", "optim", "schedules",
-           "tasks", "unroll"]
+__all__ = ["BPTTResult", "Cell", "CellBuilder", "CellError", "History", "Model",
+           "ModelFileError", "Seq2Seq", "Unrolled", "bptt", "callbacks", "cells", "fit",
+           "interop", "optim", "schedules", "tasks", "unroll"]

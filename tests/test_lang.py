@@ -227,9 +227,9 @@ LITERALS = ["0", "1", "2", "0.5", "1e309", "1e308", "-1e308", "1e-320", "9" * 40
 DELAYS = ["[t-1]", "[t-2]", "[t]", "[t-0]", "[t+1]", "[t-1.5]", "[1]", "[t-True]", "[t - 10**30]",
           "[t-1][t-1]", "[t-1, 2]", "[:]", "[t-(1)]", "[t-1j]", "[x]", "[t-" + "9" * 30 + "]",
           "[t--1]", "[t-'1']"]
-GOOD_FUNCS = ["tanh", "sigmoid", "relu", "exp", "log", "softplus", "softmax", "sum", "mean",
-              "concat"]
-BAD_FUNCS = ["split", "foo", "print", "__import__", "layernorm", "h", "W.T", "x[t-1]"]
+GOOD_FUNCS = ["tanh", "sigmoid", "relu", "exp", "log", "softplus", "softmax", "layernorm", "sum",
+              "mean", "concat"]
+BAD_FUNCS = ["split", "foo", "print", "__import__", "layer_norm", "h", "W.T", "x[t-1]"]
 GOOD_BINOPS = ["+", "-", "*", "/", "@"]
 BAD_BINOPS = ["**", "%", "//", "<", "==", " and ", "|", "<<", " if x else "]
 UNOPS = ["-", "+", "~", "not ", "-(", "*"]
