@@ -242,7 +242,21 @@ def bi_layer_cell(cell: Cell, k: int, in_size: int, recurrent_dropout: bool = Fa
     return Cell.from_nodes(nodes, inputs, {}, outputs, sizes, params, {}, "")
 
 
-class Model:
+class ReadOnlyParams:
+    """``params``: {name: array} of ``_params``, read-only (arrays too):
+    ``load_params`` sets weights."""
+
+    @property
+    def params(self) -> Params:
+        return Params(self._params)
+
+    @params.setter
+    def params(self, value):
+        raise TypeError("model.params is read-only: model.load_params(mapping, strict=True) "
+                        "is the only way weights go in")
+
+
+class Model(ReadOnlyParams):
     """A stacked recurrent model with PyTorch's parameter names and initialization.
 
     >>> from rnn import cells
@@ -343,16 +357,6 @@ class Model:
                 m = dropout_mask(rng, (B, 1, w), self.recurrent_dropout, self.dtype)
                 parts.append(np.broadcast_to(m, (B, T, w)))
         return np.concatenate(parts, axis=-1) if parts else None
-
-    @property
-    def params(self) -> Params:
-        """{name: array}, read-only (arrays too): ``load_params`` sets weights."""
-        return Params(self._params)
-
-    @params.setter
-    def params(self, value):
-        raise TypeError("model.params is read-only: model.load_params(mapping, strict=True) "
-                        "is the only way weights go in")
 
     def __repr__(self):
         n = sum(p.size for p in self._params.values())

@@ -22,7 +22,7 @@ from engine.ir import Eqn, Program, Var
 from .bptt import BPTTResult
 from .lang.cell import Cell
 from .losses import add_loss, check_targets, loss_weights
-from .model import Model, Params
+from .model import Model, ReadOnlyParams
 from .program.executor import REFERENCE, check_executor
 from .program.unroll import Unrolled, positive_int, unroll
 
@@ -46,7 +46,7 @@ def prefixed(prog: Program, prefix: str, rename: dict[str, Var] | None = None) -
     return Program(inputs, eqns, tuple(var(v) for v in prog.outputs))
 
 
-class Seq2Seq:
+class Seq2Seq(ReadOnlyParams):
     """An encoder cell and a decoder cell (with a dense head), trained end to end.
 
     The decoder's states start from the encoder's final states of the same name (or
@@ -75,16 +75,6 @@ class Seq2Seq:
         self._params = {**{f"encoder.{k}": v for k, v in self.encoder._params.items()},
                         **{f"decoder.{k}": v for k, v in self.decoder._params.items()}}
         self._programs: dict[tuple, tuple] = {}
-
-    @property
-    def params(self) -> Params:
-        """{"encoder.name" / "decoder.name": array}, read-only: ``load_params`` sets them."""
-        return Params(self._params)
-
-    @params.setter
-    def params(self, value):
-        raise TypeError("model.params is read-only: model.load_params(mapping, strict=True) "
-                        "is the only way weights go in")
 
     def load_params(self, mapping, strict: bool = True) -> None:
         """Set weights from {"encoder.name" / "decoder.name": array}, checked as

@@ -27,7 +27,7 @@ def _real(name: str, value, *, low: float = 0.0, low_ok: bool = False, high: flo
           high_ok: bool = False, what: str = "") -> float:
     """``value`` as a float in the given range, or a ValueError naming the setting."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {value!r}")
+        raise TypeError(f"{name} must be {what or 'a real number'}, got {value!r}")
     v = float(value)
     ok = (v >= low if low_ok else v > low) and (v <= high if high_ok else v < high)
     if math.isnan(v) or not ok:

@@ -20,16 +20,9 @@ from __future__ import annotations
 import math
 import numbers
 
+from .optim import _real
 
-def _number(name: str, value, *, low: float = 0.0, low_ok: bool = False,
-            high: float = math.inf, high_ok: bool = False, what: str = "") -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be {what}, got {value!r}")
-    v = float(value)
-    ok = (v >= low if low_ok else v > low) and (v <= high if high_ok else v < high)
-    if math.isnan(v) or not ok:
-        raise ValueError(f"{name} must be {what}, got {value!r}")
-    return v
+_number = _real  # a setting's value checked, or an error naming it
 
 
 def _count(name: str, value) -> int:
