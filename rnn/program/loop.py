@@ -806,9 +806,10 @@ class Plan:
         T, B = next(iter(xs.values())).shape[:2]
         vals = dict(xs)
         windows = self._windows(T, B)
+        deferred = self.deferred(windows)
         for k, grp in enumerate(self.groups):
             if isinstance(grp, Sweep):
-                if grp.node.out not in self.deferred(windows):
+                if grp.node.out not in deferred:
                     self._sweep(grp.node, vals, params, init, T, B)
                 continue
             for n in grp.nodes:
@@ -824,7 +825,7 @@ class Plan:
                 with _threads.gemm(grp.flops * B):
                     grp.forward(T0, T1, B, T0, *self._args(grp.fwd_args, cur, params, init,
                                                            {}, T, B))
-        for name in self.deferred(windows):  # never held for all T: a zero stands in
+        for name in deferred:  # never held for all T: a zero stands in
             vals[name] = np.broadcast_to(np.zeros((), self.dtype),
                                          (T, B, self.step.widths[name]))
         return vals
