@@ -105,6 +105,9 @@ def bptt(model: Model, xs, targets, loss: str = "mse", at: str = "all", initial_
         rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
         if not model.bidirectional:  # the masks travel with the data, as inputs
             xs = model.with_masks(xs, rng)
+    if keep_adjoints and model.bidirectional:
+        raise ValueError("keep_adjoints is not supported for bidirectional models (they run "
+                         "layer by layer); step_norms are there")
     if isinstance(truncate, tuple) and truncate[0] < T:
         if model.bidirectional:
             raise ValueError("truncate=(k1, k2) runs windows forward in time; a "

@@ -190,3 +190,16 @@ def test_refusals():
     with pytest.raises(ValueError, match="whole sequence"):
         rnn.Model(rnn.cells.elman(I, I), bidirectional=True, head=I).generate(xs[:, 0], 3)
     assert isinstance(BiRun(model, xs, None, None, "compiled").Y, np.ndarray)
+
+
+def test_gradcheck_keep_adjoints_and_to_keras_of_a_bidirectional_model():
+    from tools.gradcheck import check_bptt
+
+    m = rnn.Model(rnn.cells.gru(2, 3), layers=2, bidirectional=True, head=1, seed=0)
+    rng = np.random.default_rng(0)
+    xs, ys = rng.standard_normal((2, 4, 2)), rng.standard_normal((2, 4, 1))
+    assert check_bptt(m, xs, ys).ok  # random (layers x directions, B, H) initial states
+    with pytest.raises(ValueError, match="keep_adjoints is not supported"):
+        rnn.bptt(m, xs, ys, keep_adjoints=True)
+    with pytest.raises(ValueError, match="Bidirectional"):
+        rnn.interop.to_keras(m)

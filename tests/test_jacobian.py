@@ -71,3 +71,18 @@ def test_deeper_delays_are_refused():
                                    states={"h": 3})
     with pytest.raises(ValueError, match="delays are all 1"):
         step_jacobians(rnn.Model(cell), np.zeros((1, 3, 2)))
+
+
+def test_several_inputs_with_a_delayed_one_and_bidirectional_refused():
+    cell = rnn.Cell.from_equations("h = tanh(W @ x + A @ u[t-1] + U @ h[t-1])",
+                                   inputs={"x": 2, "u": 1}, states={"h": 3})
+    m = rnn.Model(cell, dtype="float64", seed=0)
+    rng = np.random.default_rng(1)
+    xs = {"x": rng.standard_normal((1, 4, 2)), "u": rng.standard_normal((1, 4, 1))}
+    J = step_jacobians(m, xs)
+    ys, _ = m.forward(xs)
+    U = m.params["U_l0"]
+    for t in range(4):  # dh_t/dh_(t-1) = diag(1 - h_t^2) U whatever u[t-1] was
+        np.testing.assert_allclose(J[t], (1 - ys[0, t] ** 2)[:, None] * U, atol=1e-12)
+    with pytest.raises(ValueError, match="one-way models"):
+        step_jacobians(rnn.Model(cells.gru(2, 3), bidirectional=True), np.zeros((1, 3, 2)))

@@ -174,7 +174,8 @@ def check_bptt(model, xs, targets, *, initial_state=None, max_per_input: int = 1
     for s, H in model.cell.states.items():
         if s in model.learn_initial:
             continue  # a parameter: checked with the others
-        shape = (B, H) if model.layers == 1 else (model.layers, B, H)
+        n = len(model.layer_names(s))  # layers x directions, as torch's h0
+        shape = (B, H) if n == 1 else (n, B, H)
         init.setdefault(s, np.random.default_rng(1).uniform(-0.5, 0.5, shape))
     snames = list(init)
     saved = dict(model._params)  # the private write path: perturbed copies swapped in

@@ -24,6 +24,9 @@ def state_names(model) -> list[str]:
 def step_jacobians(model, xs, example: int = 0, initial_state=None) -> np.ndarray:
     """(T, n, n): the Jacobian of the state after step t with respect to the state before
     it, for sequence ``example`` of ``xs`` (B, T, I); n is the total state size."""
+    if getattr(model, "bidirectional", False):
+        raise ValueError("step Jacobians are for one-way models: a bidirectional layer's "
+                         "reverse direction steps from t+1 to t")
     xs = model.check_xs(xs)
     cell = model.full
     deep = [a.delay for nd in cell.nodes for a in nd.args
@@ -43,6 +46,7 @@ def step_jacobians(model, xs, example: int = 0, initial_state=None) -> np.ndarra
         seeds[un.values[s][0].name] = eye[:, off:off + widths[s]]
         off += widths[s]
     x_prev = {x: np.zeros(w, model.dtype) for x, w in cell.inputs.items()}
+    parts = model.split_inputs(xs, cell)  # each input's (B, T, w)
     out = np.empty((xs.shape[1], n, n), model.dtype)
     for t in range(xs.shape[1]):
         env = model.feed(un, np.repeat(xs[example:example + 1, t:t + 1], n, axis=0))
@@ -56,7 +60,7 @@ def step_jacobians(model, xs, example: int = 0, initial_state=None) -> np.ndarra
         out[t] = np.concatenate([adj.get(un.init[s].name, np.zeros((n, widths[s])))
                                  for s in states], axis=1)  # row r: d S_t[r] / d S_(t-1)
         S = {s: vals[un.values[s][0].name][0] for s in states}
-        x_prev = {x: xs[example, t, :].copy() for x in cell.inputs}
+        x_prev = {x: v[example, t].copy() for x, v in parts.items()}
     return out
 
 

@@ -259,6 +259,9 @@ def to_keras(model: Model) -> list[np.ndarray]:
     >>> [w.shape for w in to_keras(Model(cells.gru(3, 2)))]
     [(3, 6), (2, 6), (2, 6)]
     """
+    if getattr(model, "bidirectional", False):
+        raise ValueError("to_keras: a bidirectional model is a keras.layers.Bidirectional "
+                         "wrapper, which to_keras does not write; to_torch does")
     kind, opts = _form(model, "to_keras")
     if opts.get("proj"):
         raise ValueError("to_keras: Keras's LSTM has no projection (proj_size, weight_hr)")
