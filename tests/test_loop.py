@@ -387,3 +387,13 @@ def test_layernorm_inside_and_outside_the_loop(dtype, atol):
     mask = np.ones((3, 6), dtype)
     mask[0, 3:] = 0
     agree(m, xs, ys, atol=atol, mask=mask, truncate=2)
+
+
+def test_a_matrix_of_one_row_or_column_in_the_loop():
+    """V (1, 3) and U (3, 1): the forward's transposed copies keep row-major strides (a
+    (3, 1) view's odd strides failed the GEMM's check; an LSTM with proj_size=1 met it)."""
+    cell = Cell.from_equations("a = V @ h[t-1]\nh = tanh(W @ x + U @ a)",
+                               inputs={"x": 2}, states={"h": 3}, sizes={"a": 1})
+    m = Model(cell, head=1, seed=0)
+    rng = np.random.default_rng(0)
+    agree(m, rng.standard_normal((2, 4, 2)), rng.standard_normal((2, 4, 1)))

@@ -896,9 +896,9 @@ class Plan:
                 ok = type(a) is np.ndarray and a.dtype == self.dtype and a.flags.c_contiguous
                 out.append(a if ok else np.require(a, self.dtype, "C"))
             elif role == "paramT":  # once per call: a loop's forward over windows reuses it
-                if (role, name) not in extra:
-                    extra[(role, name)] = np.require(np.asarray(params[name]).T, self.dtype,
-                                                     "C")
+                if (role, name) not in extra:  # a fresh copy: a (n, 1) view's strides
+                    extra[(role, name)] = np.array(np.asarray(params[name]).T,  # are odd
+                                                   dtype=self.dtype, order="C")
                 out.append(extra[(role, name)])
             else:
                 out.append(extra[(role, name)])
