@@ -8,6 +8,7 @@ import rnn
 from rnn import cells
 
 torch = pytest.importorskip("torch")
+from test_torch import torch_run  # noqa: E402 - after the skip: it imports torch too
 
 F64 = torch.float64
 MODULES = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}
@@ -29,17 +30,6 @@ def module(kind, opts, I=3, H=5, seed=0):
     torch.manual_seed(seed)
     return MODULES[kind](I, H, batch_first=True, dtype=F64, **opts)
 
-
-def torch_run(kind, mod, xs, ys, h0, c0, at):
-    h = torch.tensor(h0, requires_grad=True)
-    c = torch.tensor(c0, requires_grad=True) if kind == "lstm" else None
-    out, _ = mod(torch.tensor(xs), (h, c) if kind == "lstm" else h)
-    y = torch.tensor(ys)
-    loss = ((out - y) ** 2).mean() if at == "all" else ((out[:, -1] - y) ** 2).mean()
-    loss.backward()
-    grads = {k: v.grad.numpy() for k, v in mod.named_parameters()}
-    return out.detach().numpy(), loss.item(), grads, h.grad.numpy(), \
-        None if c is None else c.grad.numpy()
 
 
 def _ids(case):
