@@ -138,8 +138,7 @@ def checked(model: Model, xs, targets, loss: str, at: str, mask):
     xs = model.check_xs(xs)
     B, T, _ = xs.shape
     O = model.output_size
-    check_loss(loss, at)
-    targets = check_targets(loss, at, targets, B, T, O, model.dtype)
+    targets = check_targets(loss, at, targets, B, T, O, model.dtype)  # (checks the loss)
     mask = check_mask(mask, (B, T), model.dtype, model.full)
     return xs, targets, mask, loss_weights(loss, at, B, T, O, mask, model.dtype)
 

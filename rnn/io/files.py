@@ -47,7 +47,7 @@ import numpy as np
 from engine.errors import UnrollError, all_finite
 
 from ..lang.cell import Cell
-from ..model import Model
+from ..model import Model, _probability
 
 FORMAT, CHECKPOINT, VERSION = "unroll.model", "unroll.checkpoint", "1"
 MAX_HEADER = 16 << 20  # bytes of JSON header: far above any model's (a few KB)
@@ -186,9 +186,7 @@ def _spec(meta: dict) -> dict:
     if not isinstance(spec.get("bidirectional", False), bool):
         raise TypeError(f"bidirectional must be true or false, got {spec['bidirectional']!r}")
     for key in ("dropout", "recurrent_dropout"):
-        p = spec.get(key, 0.0)
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
-            raise ValueError(f"{key} must be a number in [0, 1), got {p!r}")
+        _probability(key, spec.get(key, 0.0))
     return spec
 
 

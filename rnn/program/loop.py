@@ -760,13 +760,13 @@ class Plan:
             self.needed |= em.bwd_ext
             em.live = live
         self.feeders = _feeders(step, self.groups, self.needed)
+        symbol = blas.gemm_symbol(self.dtype)
+        head = PRELUDE.format(dtype=self.dtype.name, kernels_hash=_KERNELS_HASH) + (
+            GEMM_BLAS.format(symbol=symbol) if symbol else GEMM_NUMPY)
         for k, em in emit.items():
             grp = em.grp
             em.windowed = {n.out for n in self.feeders.get(k, ())} & set(em.ext)
             grp.rings = {name: (R, step.widths[name]) for name, R in em.ring.items()}
-            symbol = blas.gemm_symbol(self.dtype)
-            head = PRELUDE.format(dtype=self.dtype.name, kernels_hash=_KERNELS_HASH) + (
-                GEMM_BLAS.format(symbol=symbol) if symbol else GEMM_NUMPY)
             fwd, bwd = em.forward(), em.backward()
             consts = "".join(f"{c} = _F({v!r})\n" for v, c in em.lits.items())
             grp.src = head + consts + "\n\n" + fwd + "\n\n" + bwd

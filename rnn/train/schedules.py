@@ -20,15 +20,13 @@ from __future__ import annotations
 import math
 import numbers
 
+from ..program.unroll import positive_int
 from .optim import _real
 
 _number = _real  # a setting's value checked, or an error naming it
 
 
-def _count(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
+_count = positive_int
 
 
 class Schedule:
