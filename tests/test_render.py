@@ -244,3 +244,77 @@ def test_cut_edges_read_as_cuts_and_labels_lie_on_no_node():
             if n not in (c, "graph", "time"):
                 assert abs(cx - x) * 2 >= cw + w - 1e-6 or abs(cy - y) * 2 >= ch + h - 1e-6, n
     assert b["x@0"][0] < b["x@1"][0] < b["x@2"][0] < b["x@3"][0]
+
+
+# ------------------------------------------------------------------ bidirectional models
+def _bi(cell=rnn.cells.elman, layers=2, head=None):
+    return rnn.Model(cell(1, 2), layers=layers, head=head, bidirectional=True, seed=1)
+
+
+@pytest.mark.parametrize("head", [None, 1])
+def test_the_bidirectional_picture_computes_what_the_model_computes(head):
+    from engine.ir import interpret, verify
+
+    m, T = _bi(rnn.cells.gru, layers=2, head=head), 3
+    xs = np.random.default_rng(0).standard_normal((2, T, 1))
+    verify(render.bidirectional_program(m, T)[0])  # the loss included
+    prog, _ = render.bidirectional_program(m, T, loss=False)
+    env = {v.name: np.zeros((2, 2)) for v in prog.inputs if v.step == -1}
+    env.update({f"x@{t}": xs[:, t] for t in range(T)}, **m.params)
+    vals = interpret(prog, env)
+    got = np.stack([vals[v.name] for v in prog.outputs], axis=1)
+    np.testing.assert_allclose(got, m.forward(xs, executor="reference")[0], rtol=0, atol=1e-12)
+
+
+def _arrows(src):
+    """(from, to) of every drawn edge, as the arrow points (dir=back: head to tail)."""
+    out = []
+    for a, b, attrs in re.findall(r'^\t"?([^"\s]+)"? -> "?([^"\s]+)"?(?: \[(.*)\])?$', src,
+                                  re.M):
+        out.append((b, a) if "dir=back" in attrs else (a, b))
+    return out
+
+
+def _step(node):
+    return int(node.rsplit("@", 1)[1]) if re.search(r"@\d+$", node) else None
+
+
+def test_a_bidirectional_picture_has_every_layer_and_both_directions_in_time_order():
+    m, T = _bi(layers=2, head=1), 3
+    src = render.unrolled(m, steps=T).source
+    for t in range(T):
+        for k in range(2):
+            for d in ("", "_reverse"):
+                assert f'"h_l{k}{d}@{t}" [label=' in src
+            assert re.search(rf'"h_l{k}.concat@{t}" \[[^\]]*label=concat', src)
+        assert f'"y@{t}" [label=' in src
+    assert "x_reverse" not in src and ".in@" not in src  # the executors' plumbing is not drawn
+    state = [(a, b) for a, b in _arrows(src) if _step(a) is not None and _step(b) is not None
+             and _step(a) != _step(b)]
+    fwd = [(a, b) for a, b in state if "_reverse" not in a]
+    rev = [(a, b) for a, b in state if "_reverse" in a]
+    assert len(fwd) == len(rev) == 2 * (T - 1)  # one state edge per layer between steps
+    assert all(_step(b) == _step(a) + 1 for a, b in fwd)  # left to right
+    assert all(_step(b) == _step(a) - 1 and a.startswith(("h_l0_reverse@", "h_l1_reverse@"))
+               for a, b in rev)  # right to left: from h_reverse@t into step t-1
+    assert ("h_l0.concat@1", "h_l1.1@1") in _arrows(src)  # layer 1 reads both of layer 0
+    assert ("h_l0.concat@1", "h_l1_reverse.1@1") in _arrows(src)
+
+
+@pytest.mark.parametrize("cell,layers", [(rnn.cells.elman, 1), (rnn.cells.elman, 2),
+                                         (rnn.cells.lstm, 1), (rnn.cells.gru, 2)])
+def test_a_bidirectional_picture_is_a_time_by_depth_grid(cell, layers):
+    T = 3
+    g = render.unrolled(_bi(cell, layers=layers), steps=T)
+    b = _plain(g)
+    rows = [f"h_l{k}{d}" for k in range(layers) for d in ("", "_reverse")]
+    for row in rows:
+        assert b[f"{row}@0"][0] < b[f"{row}@1"][0] < b[f"{row}@2"][0], row  # t=0..T-1
+        assert len({round(b[f"{row}@{t}"][1], 2) for t in range(T)}) == 1, row  # level
+    for t in range(T):
+        heights = [b[f"{row}@{t}"][1] for row in rows]
+        assert heights == sorted(heights)  # forward, its reverse above it, the next layer
+    columns = [[x for n, (x, *_) in b.items() if _step(n) == t and not n.startswith("x@")]
+               for t in range(T)]
+    assert all(max(columns[t]) < min(columns[t + 1]) for t in range(T - 1))  # no overlap
+    assert ' "t = 0"' not in g.source and 'label="t = 0"' in g.source

@@ -334,18 +334,20 @@ def _target(model_or_cell):
     return None, getattr(model_or_cell, "full", model_or_cell), 1
 
 
+LAYER = re.compile(r"_l(\d+)(?:_reverse)?(?=$|[.@#])")  # h_l1, h_l1_reverse.3, x_l1.in
+REVERSE = re.compile(r"_reverse(?=$|[.@#])")  # a bidirectional model's reverse direction
+
+
 def _layer_of(node: str | None) -> int:
-    if node and "_l" in node:
-        tail = node.rsplit("_l", 1)[1].split(".")[0]
-        if tail.isdigit():
-            return int(tail)
-    return 0
+    m = LAYER.search(node or "")
+    return int(m.group(1)) if m else 0
 
 
 def full_view_nodes(cell_or_model, steps: int) -> int:
     """The size of the full unrolled drawing: the cell's nodes (all layers) x steps."""
-    _, full, _ = _target(cell_or_model)
-    return full.graph.number_of_nodes() * steps
+    model, full, _ = _target(cell_or_model)
+    cells = model.stages if model is not None and model.bidirectional else [full]
+    return sum(c.graph.number_of_nodes() for c in cells) * steps
 
 
 def choose_compact(cell_or_model, steps: int, compact: bool | None = None) -> bool:
@@ -392,35 +394,104 @@ def unrolled(cell_or_model, steps: int = 4, compact: bool | None = None,
     """
     import rnn
 
-    _, full, layers = _target(cell_or_model)
+    model, full, layers = _target(cell_or_model)
     compact = choose_compact(cell_or_model, steps, compact)
     if compact:
         return _compact(full, steps, layers, loss, None, (), title)
+    if model is not None and model.bidirectional:
+        prog, kinds = bidirectional_program(model, steps, loss)
+        return _full(prog, steps, kinds, palette(full), None, title)
     un = rnn.unroll(full, steps)
     prog = un.program
     if loss:
         from rnn.losses import add_loss
 
         prog = add_loss(un, "mse", "all")
-    return _full(un, prog, None, title)
+    return _full(prog, steps, dict(full.graph.nodes(data="kind")), palette(full), None, title)
 
 
-def _full(un, prog, adj_norms, title):
+def bidirectional_program(model, steps: int, loss: bool = True):
+    """A bidirectional model over ``steps`` as one program in time order, for its picture,
+    and {cell node: kind}. The model runs each layer's reverse direction over the
+    reversed sequence; here its step s is placed at time T-1-s, reading x@t as the forward
+    one does. Layer k>0 reads ``h_l{k-1}.concat@t``, both directions of the layer below
+    at t (as BiRun concatenates them); the head and the loss (mse) read the top one."""
+    from dataclasses import replace
+
+    from engine.ir import Builder, Eqn, Program, Var
+    from rnn.losses import loss_program
+    from rnn.program.unroll import unroll
+
+    T, x, h = steps, next(iter(model.inputs)), model.cell.outputs[0]
+    b, kinds, drawn, below = Builder(model.dtype), {}, {}, []
+
+    def time(v):  # the reverse direction's step s is time T-1-s; params, initial values keep
+        back = v.step is not None and v.step >= 0 and REVERSE.search(v.node)
+        return T - 1 - v.step if back else v.step
+
+    for k, stage in enumerate(model.stages):
+        kinds.update(stage.graph.nodes(data="kind"))
+        taps = {f"{x}_l{k}.in", f"{x}_l{k}_reverse.in"}  # plumbing for the executors
+        un = unroll(stage, T, dtype=model.dtype)
+        to: dict[str, Var] = {}  # a var of the layer's program -> the var drawn
+        for v in un.program.inputs:
+            base = v.node.removesuffix("_reverse") if v.node in stage.inputs else None
+            if base == x and k:  # layer k reads both directions of layer k-1
+                to[v.name] = below[time(v)]
+            elif base is not None:  # x_reverse@s is x@(T-1-s): both directions read x@t
+                to[v.name] = drawn.setdefault(f"{base}@{time(v)}", replace(
+                    v, name=f"{base}@{time(v)}", node=base, step=time(v)))
+            elif v.node not in taps:
+                to[v.name] = drawn.setdefault(v.name, v)
+        for e in un.program.eqns:
+            if e.out.node in taps:  # x_l1.in = x * 1: the layer's input, passed through
+                to[e.out.name] = to[e.inputs[0].name]
+                continue
+            if e.out.node.removesuffix(".keep") in taps:
+                continue
+            t = time(e.out)
+            out = to[e.out.name] = replace(e.out, name=f"{e.out.node}@{t}", step=t)
+            b.eqns.append(Eqn(out, e.op, tuple(to[a.name] if isinstance(a, Var) else a
+                                               for a in e.inputs), e.params))
+        fwd, rev = (un.outputs(o) for o in stage.outputs)
+        below = [b.call("concat", to[fwd[t].name], to[rev[T - 1 - t].name], axis=-1,
+                        name=f"{h}_l{k}.concat@{t}", node=f"{h}_l{k}.concat", step=t)
+                 for t in range(T)]
+    ys = below
+    if model.head is not None:
+        kinds["y"] = "var"
+        w, c = (drawn.setdefault(p, Var(p, model.param_shapes[p], model.dtype, p))
+                for p in ("head_weight", "head_bias"))
+        ys = [b.call("add", b.call("matvec", w, z, name=f"y.1@{t}", node="y.1", step=t), c,
+                     name=f"y@{t}", node="y", step=t) for t, z in enumerate(below)]
+    b.inputs = list(drawn.values())
+    if not loss:
+        return b.program(ys), kinds
+    b.call("stack", *ys, axis=1, name="Y")
+    lp = loss_program("mse", "all", T, model.output_size, model.dtype)  # of an input Y
+    return Program(tuple(b.inputs) + lp.inputs[1:], tuple(b.eqns) + lp.eqns,
+                   lp.outputs), kinds
+
+
+def _full(prog, steps, kinds, colors, adj_norms, title):
     """The textbook picture: the copies of the cell side by side, x at the bottom of each,
     the state leaving at the top and entering the next copy; each parameter drawn once in a
-    key, and in every copy as a small reference of the same colour (the tied weight)."""
-    kinds = dict(un.cell.graph.nodes(data="kind"))
-    colors = palette(un.cell)
+    key, and in every copy as a small reference of the same colour (the tied weight).
+    ``kinds``: {cell node: kind}; ``colors``: the ``palette`` of the cell."""
     var_of = {v.name: v for v in prog.inputs}
     var_of.update({e.out.name: e.out for e in prog.eqns})
     layers = 1 + max((_layer_of(v.node) for v in var_of.values() if v.node), default=0)
     show = _display(layers)
-    lines = [title or f"unrolled over {un.steps} steps: A -> B (one copy of the cell per step, "
+    lines = [title or f"unrolled over {steps} steps: A -> B (one copy of the cell per step, "
              f"weights tied)",
              "each column is the cell at step t (x at the bottom); red: the state carried "
              "to the next step",
              "yellow: the parameters, listed once and used by every step (tied); dL/dW sums "
              "the steps"]
+    both = any(REVERSE.search(v.node or "") for v in var_of.values())  # bidirectional
+    if both:
+        lines.append("bidirectional: in each layer the reverse row (above) carries its state "
+                     "right to left, from t to t-1; concat: both directions at t")
     if adj_norms is not None:
         lines.append("numbers: ||dL/d value||; edge colour and width: ||dL/d value|| of the "
                      "value it feeds (log scale)")
@@ -429,13 +500,16 @@ def _full(un, prog, adj_norms, title):
     scale = _scale(adj_norms)
     cut_src = {e.out.name: e.inputs[0].name for e in prog.eqns if e.op == "stop_gradient"}
     loss_vars = {n for n, v in var_of.items() if v.node is None or v.node == "mask"}
-    clusters = {t: graphviz.Digraph(f"cluster_{t}") for t in range(un.steps)}
+    clusters = {t: graphviz.Digraph(f"cluster_{t}") for t in range(steps)}
     for t, c in clusters.items():
         c.attr(label=f"t = {t}", style="rounded", color="#888888", fontsize="12",
                labelloc="b")
     key_rows = []
     ops = {e.out.name: e.op for e in prog.eqns}
-    sub: dict[tuple[int, int], graphviz.Digraph] = {}
+    sub: dict[tuple[int, tuple], graphviz.Digraph] = {}
+    row = graphviz.Digraph()  # the inputs' row, level
+    row.attr(rank="same")
+    forward: dict[tuple[int, int], list[str]] = {}  # its forward states, by step and layer
     where_of: dict[str, graphviz.Digraph] = {}
 
     def norm_line(name):
@@ -473,14 +547,22 @@ def _full(un, prog, adj_norms, title):
         if kind == "param":  # drawn once, as a row of the key
             key_rows.append((show(name), _fmt(v.shape), norm_line(name)))
             continue
-        if kind == "init":  # in step 0, at the height of the value that reads it
-            where = clusters[0]
-        elif "_l" in (v.node or "") and layers > 1:  # time x depth: a box per layer in a step
-            where = sub.setdefault((v.step, _layer_of(v.node)), graphviz.Digraph(
-                f"cluster_{v.step}_l{_layer_of(v.node)}"))
+        part = _part(v.node, layers, both)
+        if kind == "init":  # in the step it enters, at the height of the value that reads it
+            where = clusters[steps - 1 if REVERSE.search(v.node) else 0]
+        elif part is not None:  # time x depth: a box per layer (and direction) in a step
+            where = sub.get((v.step, part))
+            if where is None:
+                where = sub[v.step, part] = graphviz.Digraph(f"cluster_{v.step}_{part[0]}")
+                where.attr(label=part[1], style="dotted", color="#aaaaaa", fontsize="9",
+                           labelloc="b")
+        elif both and kind == "input":  # below the steps, declared after the edges: a row
+            where = row  # outside them orders the steps when the two directions mirror
         else:
             where = clusters[v.step]
         where_of[name] = where
+        if both and kind == "state" and not REVERSE.search(v.node):
+            forward.setdefault((v.step, _layer_of(v.node)), []).append(name)
         where.node(name, **style)
     top = graphviz.Digraph()  # the top row: the key of parameters, then the loss
     top.attr(rank="same")
@@ -488,7 +570,7 @@ def _full(un, prog, adj_norms, title):
         top.node("params", label=_key_label(key_rows), shape="plain", tooltip="the "
                  "parameters, one copy each: every step uses the same arrays")
     if loss_vars:
-        label = "loss\nL = sum over t\nof loss(y_t, target_t)" if un.steps > 1 else "loss"
+        label = "loss\nL = sum over t\nof loss(y_t, target_t)" if steps > 1 else "loss"
         extra = norm_line("loss")
         top.node("loss", label=label if extra is None else _with_small_line(label, extra),
                  shape="box", style="filled", fillcolor=COLORS["loss"], margin="0.15,0.08")
@@ -547,27 +629,41 @@ def _full(un, prog, adj_norms, title):
                 g.subgraph(level)
             elif sv.step == -1:
                 attrs["constraint"] = "false"
+            elif both and REVERSE.search(dv.node or "") and _part(sv.node, layers, both) is None:
+                # the reverse row reads the layer's input above the forward row, not beside it
+                for f in forward.get((dv.step, _layer_of(dv.node)), ()):
+                    g.edge(f, dst, style="invis", weight="0")
             g.edge(src, dst, **attrs)
     # the row: step t+1 right of step t. An invisible node under the inputs, whose edges
     # keep their order (ordering=out), fixes the order of the columns; a rank=same row
     # keeps their bottoms level
-    first_inputs = [vs[0].name for vs in un.xs.values()][:1]
-    if first_inputs:
-        name = first_inputs[0].rsplit("@", 1)[0]
-        row = graphviz.Digraph()
-        row.attr(rank="same")
+    name = next((v.node for v in prog.inputs if v.step == 0 and kinds.get(v.node) == "input"),
+                None)
+    if name is not None:
         g.node("time", label="", shape="point", style="invis", ordering="out")
-        for t in range(un.steps):
+        for t in range(steps):
             row.node(f"{name}@{t}")
             g.edge("time", f"{name}@{t}", style="invis")
+            if both and t:  # an edge within a rank puts its tail left of its head
+                row.edge(f"{name}@{t - 1}", f"{name}@{t}", style="invis")
         g.subgraph(row)
-    for (t, k), c in sorted(sub.items()):
-        c.attr(label=f"layer {k}", style="dotted", color="#aaaaaa", fontsize="9",
-               labelloc="b")
+    for (t, _), c in sub.items():
         clusters[t].subgraph(c)
     for c in clusters.values():  # last: subgraph() copies, so only now are they complete
         g.subgraph(c)
     return g
+
+
+def _part(node: str | None, layers: int, both: bool) -> tuple[str, str] | None:
+    """The box within a step that a node is drawn in, (id, label): its layer in a stack,
+    its layer and direction in a bidirectional model; None for the step itself."""
+    if not LAYER.search(node or "") or node.endswith(".concat") or layers == 1 and not both:
+        return None
+    k = _layer_of(node)
+    if not both:
+        return f"l{k}", f"layer {k}"
+    way = "reverse" if REVERSE.search(node) else "forward"
+    return f"l{k}_{way}", f"layer {k}, {way}" if layers > 1 else way
 
 
 def _key_label(rows) -> str:
@@ -585,15 +681,15 @@ def _key_label(rows) -> str:
 
 
 def _base(node: str) -> str:
-    """A cell node's name without its layer suffix: c_l1 -> c."""
-    return re.sub(r"_l\d+$", "", node)
+    """A cell node's name without its layer suffix: c_l1 -> c, c_l1_reverse -> c."""
+    return re.sub(r"_l\d+(_reverse)?$", "", node)
 
 
 def _display(layers: int):
     """Names as the reader knows them: c_l0@2 -> c@2 for one layer (the folded cell's c)."""
     if layers > 1:
         return lambda n: n
-    return lambda n: re.sub(r"_l0(?=$|[@.#])", "", n)
+    return lambda n: re.sub(r"_l0(?=$|[@.#]|_reverse)", "", n)
 
 
 def _with_small_line(label: str, line: str) -> str:
@@ -752,4 +848,4 @@ def gradients(model, xs, targets, loss: str = "mse", at: str = "all", truncate=N
     prog, un = model.program(T, loss=loss, at=at, masked=mask is not None,
                              truncate=k if k and k < T else None)
     adj = {n: float(np.linalg.norm(a)) for n, a in res.adjoints.items()}
-    return _full(un, prog, adj, title)
+    return _full(prog, T, dict(un.cell.graph.nodes(data="kind")), palette(un.cell), adj, title)
