@@ -155,11 +155,12 @@ class Cut(Exception):
     pass
 
 
-def _run(path, cut_at=None, epochs=8, resume=True):
+def _run(path, cut_at=None, epochs=8, resume=True, **model):
     """A run with a schedule, validation_split, EarlyStopping and a checkpoint after every
-    update; with ``cut_at``, killed at that call into bptt (training or validation)."""
+    update; with ``cut_at``, killed at that call into bptt (training or validation).
+    ``model``: more arguments of the GRU model (layers, dropout, ...)."""
     xs, ys = _data(20, seed=2)
-    m = rnn.Model(rnn.cells.gru(1, 10), head=1, seed=4)
+    m = rnn.Model(rnn.cells.gru(1, 10), head=1, seed=4, **model)
     stop = rnn.callbacks.EarlyStopping(patience=3)
     calls = {"n": 0}
     real = F.bptt
@@ -202,6 +203,21 @@ def test_a_run_with_schedule_validation_and_early_stopping_resumes_bit_identical
         _same_run(_run(path), whole)
     # a stopped run stays stopped, even when asked for more epochs
     _same_run(_run(tmp_path / "whole.ckpt", epochs=20), whole)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_a_run_with_dropout_and_recurrent_dropout_resumes_bit_identical(tmp_path,
+                                                                        bidirectional):
+    drop = dict(layers=2, dropout=0.3, recurrent_dropout=0.2, bidirectional=bidirectional)
+    whole = _run(tmp_path / "whole.ckpt", epochs=3, **drop)
+    assert whole[0].trains_differently
+    plain = _run(tmp_path / "plain.ckpt", epochs=3, layers=2, bidirectional=bidirectional)
+    assert plain[1].batch_losses != whole[1].batch_losses  # the masks act
+    for cut in (2, whole[3] // 2 + 1, whole[3]):  # killed early, midway, at the last call
+        path = tmp_path / f"cut{cut}.ckpt"
+        with pytest.raises(Cut):
+            _run(path, cut_at=cut, epochs=3, **drop)
+        _same_run(_run(path, epochs=3, **drop), whole)
 
 
 def test_a_checkpoint_refuses_another_schedule_and_stateful_objects_it_cannot_hold(tmp_path):
