@@ -183,7 +183,51 @@ def groups_of(step: Step) -> list:
             out.append(Loop([by_name[m] for m in members]))
         else:
             out.append(Sweep(by_name[members[0]]))
-    return out
+    return _absorb(step, out, pos)
+
+
+ABSORB_MAX = 8  # sweeps a loop takes in (a GRU's bias add and three gate slices)
+
+
+def _absorb(step: Step, groups: list, pos: dict) -> list:
+    """Moves into a loop the elementwise sweeps only it reads, at no delay (an LSTM's
+    bias add ``W @ x + b``, a GRU's gate slices): there they are fused with the loop's
+    own math, not passes over all T of their own, forward and backward. Matrix products
+    stay sweeps (one GEMM over all T), as does anything the loop may not compute, and a
+    loop takes at most ABSORB_MAX of them (the nearest): a long chain of input features
+    stays out, so that the loop's code, and its compile time, stay small."""
+    readers: dict[str, set] = {}
+    for k, grp in enumerate(groups):
+        for n in (grp.nodes if isinstance(grp, Loop) else [grp.node]):
+            for a in n.args:
+                if a.kind == "node":
+                    readers.setdefault(a.name, set()).add((k, a.delay))
+    keep = set(step.outputs) | set(step.states)
+    moved, taken = set(), {}
+    for j in range(len(groups) - 1, -1, -1):
+        if not isinstance(groups[j], Sweep):
+            continue
+        n = groups[j].node
+        into = {k for k, _ in readers.get(n.out, ())}
+        if (len(into) != 1 or n.out in keep or n.op in ("matvec", "softmax", "layernorm")
+                or n.op not in LOOP_OPS or any(d for _, d in readers[n.out])
+                or any(a.delay or (a.kind == "param" and len(step.params[a.name]) > 1)
+                       or (a.kind not in ("node", "input") and n.op in ("sum", "mean", "concat"))
+                       for a in n.args)):
+            continue
+        k = into.pop()
+        if not isinstance(groups[k], Loop) or taken.get(k, 0) >= ABSORB_MAX:
+            continue
+        taken[k] = taken.get(k, 0) + 1
+        groups[k].nodes.insert(0, n)
+        moved.add(j)
+        for a in n.args:  # its operands are now read by the loop
+            if a.kind == "node":
+                readers[a.name] = {(k if r == j else r, d) for r, d in readers[a.name]}
+    for grp in groups:
+        if isinstance(grp, Loop):
+            grp.nodes.sort(key=lambda n: pos[n.out])
+    return [g for j, g in enumerate(groups) if j not in moved]
 
 
 _NEEDS = {op: ({int(i) for t in ts for i in re.findall(r"\{(\d)\}", t)},
