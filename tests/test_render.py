@@ -318,3 +318,65 @@ def test_a_bidirectional_picture_is_a_time_by_depth_grid(cell, layers):
                for t in range(T)]
     assert all(max(columns[t]) < min(columns[t + 1]) for t in range(T - 1))  # no overlap
     assert ' "t = 0"' not in g.source and 'label="t = 0"' in g.source
+
+
+def _compact_nodes(src):
+    return set(re.findall(r'^\t"?([\w@.#]+)"? \[', src, re.M)) - {"node", "edge"}
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_the_compact_bidirectional_picture_has_both_directions_of_every_layer(layers):
+    T = 4
+    src = render.unrolled(_bi(layers=layers, head=1), steps=T, compact=True).source
+    nodes, arrows = _compact_nodes(src), _arrows(src)
+    assert {f"{d}{t}_{k}" for d in "src" for t in range(T) for k in range(layers)} <= nodes
+    state = [(a, b) for a, b in arrows if a[0] == b[0] and a[0] in "sr"]
+    fwd = [(a, b) for a, b in state if a[0] == "s"]
+    rev = [(a, b) for a, b in state if a[0] == "r"]
+    assert sorted(fwd) == sorted((f"s{t}_{k}", f"s{t + 1}_{k}") for t in range(T - 1)
+                                 for k in range(layers))  # left to right
+    assert sorted(rev) == sorted((f"r{t + 1}_{k}", f"r{t}_{k}") for t in range(T - 1)
+                                 for k in range(layers))  # right to left: t to t-1
+    assert ("init", "s0_0") in arrows and (("init_r", f"r{T - 1}_0") in arrows)
+    for t in range(T):
+        for k in range(layers):
+            assert {(f"s{t}_{k}", f"c{t}_{k}"), (f"r{t}_{k}", f"c{t}_{k}")} <= set(arrows)
+            if k:  # the layer above reads both directions of the one below, at t
+                assert {(f"c{t}_{k - 1}", f"s{t}_{k}"), (f"c{t}_{k - 1}", f"r{t}_{k}")} \
+                    <= set(arrows)
+    assert (f"c{T - 1}_{layers - 1}", "loss") in arrows
+    assert "bidirectional: the reverse row" in src
+
+
+def test_a_long_bidirectional_unroll_is_drawn_compact_with_both_directions():
+    src = render.unrolled(_bi(layers=1), steps=30).source
+    assert "cluster_" not in src and {"s29_0", "r29_0", "r0_0", "init_r"} <= _compact_nodes(src)
+    with pytest.raises(render.GraphTooLarge, match="x 2 directions would have 2002 boxes"):
+        render.unrolled(_bi(layers=1), steps=render.MAX_COMPACT_NODES // 2 + 1)
+
+
+def test_the_compact_bidirectional_picture_is_a_grid_reverse_rows_above():
+    T, layers = 3, 2
+    b = _plain(render.unrolled(_bi(layers=layers), steps=T, compact=True))
+    rows = [f"{d}{{}}_{k}" for k in range(layers) for d in "rsc"]  # top down
+    for row in rows:
+        xs = [b[row.format(t)][0] for t in range(T)]
+        assert xs == sorted(xs) and len(set(xs)) == T, row  # t = 0..T-1, left to right
+        assert len({round(b[row.format(t)][1], 2) for t in range(T)}) == 1, row  # level
+    for t in range(T):
+        heights = [b[row.format(t)][1] for row in rows]
+        assert heights == sorted(heights, reverse=True)  # rev above forward, then layer 1
+    assert b["init_r"][0] > b[f"r{T - 1}_0"][0] > b["init"][0]  # enters from the right
+
+
+def test_the_compact_one_way_picture_has_no_reverse_rows():
+    src = render.unrolled(rnn.Model(rnn.cells.gru(1, 2), layers=2), steps=3,
+                          compact=True).source
+    assert _compact_nodes(src) == {"params", "init", "loss"} | {
+        f"s{t}_{k}" for t in range(3) for k in range(2)}
+    assert sorted(_arrows(src)) == sorted(
+        [("init", "s0_0"), ("s2_1", "loss")]
+        + [(f"s{t}_0", f"s{t}_1") for t in range(3)]
+        + [(f"s{t}_{k}", f"s{t + 1}_{k}") for t in range(2) for k in range(2)])
+    assert "bidirectional" not in src and 'label="unrolled over 3 steps (one node per step ' \
+        'and layer)"' in src

@@ -37,7 +37,8 @@ FONT = "Helvetica"
 # steps ran 14 minutes). So a drawing of one node per operation, the folded cell or the full
 # unrolled graph, has at most MAX_FULL_NODES nodes (a cell's nodes x steps); past it the
 # unrolled graph is drawn compact (one box per step and layer), which lays out in
-# seconds up to MAX_COMPACT_NODES boxes (steps x layers); past that it is refused.
+# seconds up to MAX_COMPACT_NODES boxes (steps x layers x directions); past that it is
+# refused.
 MAX_FULL_NODES = 360
 MAX_COMPACT_NODES = 2000
 LAYOUT_TIMEOUT_S = 120  # a layout that still runs after this is stopped, with a hint
@@ -343,18 +344,23 @@ def _layer_of(node: str | None) -> int:
     return int(m.group(1)) if m else 0
 
 
+def _cells(cell_or_model) -> list:
+    """The cells drawn: the (stacked) cell, or a bidirectional model's layers."""
+    model, full, _ = _target(cell_or_model)
+    return model.stages if model is not None and model.bidirectional else [full]
+
+
 def full_view_nodes(cell_or_model, steps: int) -> int:
     """The size of the full unrolled drawing: the cell's nodes (all layers) x steps."""
-    model, full, _ = _target(cell_or_model)
-    cells = model.stages if model is not None and model.bidirectional else [full]
-    return sum(c.graph.number_of_nodes() for c in cells) * steps
+    return sum(c.graph.number_of_nodes() for c in _cells(cell_or_model)) * steps
 
 
 def choose_compact(cell_or_model, steps: int, compact: bool | None = None) -> bool:
     """Whether the unrolled graph is drawn compact: ``compact`` if given, else for steps
     > 12 or more than MAX_FULL_NODES nodes (a RenderWarning says so when only the size
     decides). GraphTooLarge if the drawing asked for would take minutes to lay out."""
-    _, _, layers = _target(cell_or_model)
+    model, _, layers = _target(cell_or_model)
+    rows = layers * (model.directions if model is not None else 1)  # boxes in a step
     if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
     size = full_view_nodes(cell_or_model, steps)
@@ -367,14 +373,15 @@ def choose_compact(cell_or_model, steps: int, compact: bool | None = None) -> bo
                             f"layout takes seconds, not minutes: draw it compact "
                             f"(compact=True), or at most {max(1, MAX_FULL_NODES * steps // size)}"
                             f" steps")
-    if compact and steps * layers > MAX_COMPACT_NODES:
-        fix = (f"draw at most {MAX_COMPACT_NODES // layers} steps (the picture of a long "
-               f"unroll repeats itself)" if layers <= MAX_COMPACT_NODES else
-               f"draw at most {MAX_COMPACT_NODES} layers")
+    if compact and steps * rows > MAX_COMPACT_NODES:
+        fix = (f"draw at most {MAX_COMPACT_NODES // rows} steps (the picture of a long "
+               f"unroll repeats itself)" if rows <= MAX_COMPACT_NODES else
+               f"draw at most {MAX_COMPACT_NODES // (rows // layers)} layers")
         raise GraphTooLarge(f"the compact view of {steps} step{'s' if steps > 1 else ''} x "
-                            f"{layers} layer"
-                            f"{'s' if layers > 1 else ''} would have {steps * layers} boxes, more "
-                            f"than render.MAX_COMPACT_NODES = {MAX_COMPACT_NODES}: {fix}")
+                            f"{layers} layer{'s' if layers > 1 else ''}"
+                            f"{' x 2 directions' if rows > layers else ''} would have "
+                            f"{steps * rows} boxes, more than render.MAX_COMPACT_NODES = "
+                            f"{MAX_COMPACT_NODES}: {fix}")
     if switched:
         warnings.warn(f"the unrolled graph would have {size} nodes (cell nodes x steps), "
                       f"more than render.MAX_FULL_NODES = {MAX_FULL_NODES}: drawn compact, "
@@ -397,7 +404,8 @@ def unrolled(cell_or_model, steps: int = 4, compact: bool | None = None,
     model, full, layers = _target(cell_or_model)
     compact = choose_compact(cell_or_model, steps, compact)
     if compact:
-        return _compact(full, steps, layers, loss, None, (), title)
+        states = [s for c in _cells(cell_or_model) for s in c.states]
+        return _compact(states, steps, layers, loss, None, (), title)
     if model is not None and model.bidirectional:
         prog, kinds = bidirectional_program(model, steps, loss)
         return _full(prog, steps, kinds, palette(full), None, title)
@@ -748,35 +756,56 @@ def _edge_style(src, dst, top, norm):
     return {}
 
 
-def _compact(full, steps, layers, loss, norms, cut_steps, title):
-    """One node per (step, layer); state edges between steps; wraps long single-layer
-    unrolls into rows of 25 steps."""
-    states = list(full.states)
-    per_layer = {k: [s for s in states if _layer_of(s) == k] for k in range(layers)}
-    wrap = 25 if layers == 1 and steps > 25 else steps
+def _compact(states, steps, layers, loss, norms, cut_steps, title):
+    """One node per (step, layer), and direction when ``states`` has reverse ones (a
+    bidirectional model: the reverse row above its forward row, its state carried right
+    to left, t to t-1, both joined per step at a dot, concat, that the layer above and the
+    loss read); state edges between steps; wraps long single-layer one-way unrolls into
+    rows of 25 steps. ``norms`` and ``cut_steps`` (render.gradients): one-way models."""
+    both = any(REVERSE.search(s) for s in states)
+    dirs = ("r", "s") if both else ("s",)  # a layer's rows, top down
+    row_states = {(k, d): [s for s in states if _layer_of(s) == k
+                           and bool(REVERSE.search(s)) == (d == "r")]
+                  for k in range(layers) for d in dirs}
+    wrap = 25 if len(row_states) == 1 and steps > 25 else steps
+    per = (", layer" if both else " and layer") if layers > 1 else ""
+    per += " and direction" if both else ""
+    lines = [title or f"unrolled over {steps} steps (one node per step{per})"]
+    if both:
+        lines.append("bidirectional: the reverse row (rev, above) carries its state right to "
+                     "left, from t to t-1; dot: both directions at t, concatenated")
     g = _digraph("unrolled", rankdir="TB" if wrap < steps else "LR", nodesep="0.12",
-                 ranksep="0.35", label=title or f"unrolled over {steps} steps (one node per "
-                 f"step{' and layer' if layers > 1 else ''})", labelloc="t")
+                 ranksep="0.35", label="\\n".join(lines), labelloc="t")
     top = None
     if norms is not None:
         top = _scale({f"{s}@{t}": norms[s][t] for s in states for t in range(steps)})
-    names = lambda k: ", ".join(s.rsplit("_l", 1)[0] for s in per_layer[k])  # noqa: E731
+    names = lambda k, d="s": ", ".join(  # noqa: E731
+        REVERSE.sub("", s).rsplit("_l", 1)[0] for s in row_states[k, d])
     g.node("params", label="parameters\n(shared by every step)", shape="box",
            fillcolor=COLORS["param"])
     g.node("init", label=f"initial\n{names(0)}", shape="box", fillcolor=COLORS["init"])
+    if both:
+        g.node("init_r", label=f"initial\n{names(0, 'r')}\n(reverse)", shape="box",
+               fillcolor=COLORS["init"])
     for t in range(steps):
         for k in range(layers):
-            nid = f"s{t}_{k}"
-            label = f"t={t}" + (f"\nl{k}" if layers > 1 else "")
-            style = dict(label=label, shape="box", style="rounded,filled",
-                         fillcolor=COLORS["state"], fontsize="9", margin="0.04", width="0.3",
-                         height="0.3",
-                         tooltip=f"step {t}, layer {k}: {names(k)}")
-            if norms is not None:
-                n = max(norms[s][t] for s in per_layer[k])
-                style["fillcolor"], _ = _heat(n, top)
-                style["label"] += f"\n{n:.0e}"
-            g.node(nid, **style)
+            for d in dirs:
+                label = f"t={t}" + (f"\nl{k}" if layers > 1 else "") + (
+                    "\nrev" if d == "r" else "")
+                way = ", reverse" if d == "r" else ""
+                style = dict(label=label, shape="box", style="rounded,filled",
+                             fillcolor=COLORS["state"], fontsize="9", margin="0.04",
+                             width="0.3", height="0.3",
+                             tooltip=f"step {t}, layer {k}{way}: {names(k, d)}")
+                if norms is not None:
+                    n = max(norms[s][t] for s in row_states[k, d])
+                    style["fillcolor"], _ = _heat(n, top)
+                    style["label"] += f"\n{n:.0e}"
+                g.node(f"{d}{t}_{k}", **style)
+            if both:
+                g.node(f"c{t}_{k}", label="", shape="point", width="0.08",
+                       tooltip=f"step {t}, layer {k}: both directions, concatenated")
+    joined = lambda t, k: f"c{t}_{k}" if both else f"s{t}_{k}"  # noqa: E731
     for t in range(steps):
         column = graphviz.Digraph()  # a step's layers share a rank: the time x depth grid
         column.attr(rank="same")
@@ -785,26 +814,40 @@ def _compact(full, steps, layers, loss, norms, cut_steps, title):
                 column.node(f"s{j}_0")
             if t > 0:
                 g.edge(f"s{t - wrap}_0", f"s{t}_0", style="invis", weight="10")
-        elif wrap == steps and layers > 1:
+        elif wrap == steps and len(row_states) > 1:
             for k in range(layers):
-                column.node(f"s{t}_{k}")
+                for d in dirs:
+                    column.node(f"{d}{t}_{k}")
+                if both:
+                    column.node(f"c{t}_{k}")
         g.subgraph(column)
         for k in range(layers):
-            if k > 0:
-                g.edge(f"s{t}_{k - 1}", f"s{t}_{k}", color="#555555", constraint="false")
+            flat = {} if both else {"constraint": "false"}  # an edge in a column
+            # puts its tail above its head: top down rev, forward, concat, the layer below
+            for d in dirs if k > 0 else ():
+                g.edge(joined(t, k - 1), f"{d}{t}_{k}", color="#555555", **flat)
+            if both:
+                g.edge(f"r{t}_{k}", f"s{t}_{k}", style="invis")
+                for d in dirs:
+                    g.edge(f"{d}{t}_{k}", f"c{t}_{k}", color="#555555", arrowsize="0.4")
+                if t > 0:  # the reverse state, from step t into t-1, drawn back: the
+                    # columns keep their order
+                    g.edge(f"r{t - 1}_{k}", f"r{t}_{k}", dir="back", weight="10")
+                if t == steps - 1 and k == 0:
+                    g.edge(f"r{t}_{k}", "init_r", dir="back", weight="10")
             if t == 0 and k > 0:
                 continue
             src = "init" if t == 0 else f"s{t - 1}_{k}"
             attrs = {}
             if norms is not None and t > 0:
-                c, w = _heat(max(norms[s][t - 1] for s in per_layer[k]), top)
+                c, w = _heat(max(norms[s][t - 1] for s in row_states[k, "s"]), top)
                 attrs = {"color": c, "penwidth": w}
             if t in cut_steps:
                 attrs.update(style="dashed", color="#999999", label="cut")
             if wrap < steps and t % wrap == 0 and t > 0:
                 attrs["constraint"] = "false"
             g.edge(src, f"s{t}_{k}", weight="10", **attrs)  # heavy: the chain stays straight
-        if wrap == steps and layers == 1:
+        if wrap == steps and len(row_states) == 1:  # a grid leaves them out, as a tangle
             g.edge("params", f"s{t}_0", color="#c9b458", penwidth="0.5", arrowsize="0.3",
                    weight="0")
     if wrap < steps:
@@ -813,7 +856,7 @@ def _compact(full, steps, layers, loss, norms, cut_steps, title):
     if loss:
         g.node("loss", label="loss", shape="box", fillcolor=COLORS["loss"])
         label = loss if isinstance(loss, str) else "sum over steps" if steps > 1 else ""
-        g.edge(f"s{steps - 1}_{layers - 1}", "loss", style="dashed", color="#cc6666",
+        g.edge(joined(steps - 1, layers - 1), "loss", style="dashed", color="#cc6666",
                label=label)
     return g
 
@@ -844,7 +887,7 @@ def gradients(model, xs, targets, loss: str = "mse", at: str = "all", truncate=N
             arr = res.step_norms[base]
             norms[s] = arr if model.layers == 1 else arr[int(layer)]
         where = "loss at the last step" if at == "last" else "sum over steps"
-        return _compact(model.full, T, model.layers, where, norms, cuts, title)
+        return _compact(list(model.full.states), T, model.layers, where, norms, cuts, title)
     prog, un = model.program(T, loss=loss, at=at, masked=mask is not None,
                              truncate=k if k and k < T else None)
     adj = {n: float(np.linalg.norm(a)) for n, a in res.adjoints.items()}
