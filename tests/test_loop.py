@@ -34,13 +34,14 @@ def test_lstm_rolls_back_into_one_loop_with_the_input_projection_hoisted():
     plan = loop.Plan(cells.lstm(2, 3), "float64")
     assert kinds(plan) == ["Sweep", "Loop"]  # W_ih @ x over all T; the loop
     (body,) = [g for g in plan.groups if isinstance(g, loop.Loop)]
-    # + b_ih moved into the loop (fused with its math), and the recurrent GEMM
-    assert [n.op for n in body.nodes[:2]] == ["add", "matvec"]
+    # the recurrent GEMM, then + b_ih moved into the loop, in the gates' sum
+    assert [n.op for n in body.nodes[:4]] == ["matvec", "add", "add", "add"]
     assert sum(n.op == "matvec" for n in body.nodes) == 1
     src = plan.source()
     assert "def forward(T0, T1, B" in src and "def backward(T, T0, T1, B" in src
     fwd = src.split("def backward")[0]
     assert fwd.count("for j in range(3)") == 1  # the gate math is one loop over (b, j)
+    assert fwd.count("for j in range(12)") == 1  # so is the sum W_ih x + b_ih + W_hh h + b_hh
     assert fwd.count("_sigmoid(") == 3 and fwd.count("_tanh(") == 2
     assert "weight_ih" in src.splitlines()[0]
 

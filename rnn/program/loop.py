@@ -226,8 +226,23 @@ def _absorb(step: Step, groups: list, pos: dict) -> list:
                 readers[a.name] = {(k if r == j else r, d) for r, d in readers[a.name]}
     for grp in groups:
         if isinstance(grp, Loop):
-            grp.nodes.sort(key=lambda n: pos[n.out])
+            _place(grp, {groups[j].node.out for j in moved}, pos)
     return [g for j, g in enumerate(groups) if j not in moved]
+
+
+def _place(grp: Loop, moved: set, pos: dict) -> None:
+    """Orders a loop's nodes so that each moved-in node fuses into a pass of the loop's
+    own: right after the last node of its width before its first reader (a GRU's
+    + b_ih beside its + b_hh), else just before that reader (an LSTM's + b_ih after the
+    recurrent GEMM, in the gates' sum), never after a moved-in node reading it."""
+    own = sorted((n for n in grp.nodes if n.out not in moved), key=lambda n: pos[n.out])
+    at = {n.out: float(k) for k, n in enumerate(own)}
+    for n in sorted((n for n in grp.nodes if n.out in moved), key=lambda n: -pos[n.out]):
+        readers = [r for r in grp.nodes if r.out in at and any(a.name == n.out for a in r.args)]
+        first = min(at[r.out] for r in readers)  # (ties: the cell's order, below)
+        same = [k for k, m in enumerate(own) if k < first and m.width == n.width]
+        at[n.out] = max(same) + 0.5 if same else first - 0.5
+    grp.nodes.sort(key=lambda n: (at[n.out], pos[n.out]))
 
 
 _NEEDS = {op: ({int(i) for t in ts for i in re.findall(r"\{(\d)\}", t)},
