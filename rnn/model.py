@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import DTypeError, ShapeError, all_finite
-from engine.ir import Program
+from engine.ir import Builder, Eqn, Program, Var, verify
 
 from .lang.cell import Cell
 from .lang.parse import Node, Ref
@@ -242,6 +242,71 @@ def bi_layer_cell(cell: Cell, k: int, in_size: int, recurrent_dropout: bool = Fa
     return Cell.from_nodes(nodes, inputs, {}, outputs, sizes, params, {}, "")
 
 
+def unroll_both_ways(model, steps: int, dtype: str, truncate: int | None = None) -> Unrolled:
+    """A bidirectional model over ``steps`` as one program in time order. The model runs
+    each layer's reverse direction over the reversed sequence; here its step s is placed
+    at time T-1-s, reading x@t as the forward one does. Layer k>0 reads
+    ``h_l{k-1}.concat@t``, both directions of the layer below at t (as BiRun concatenates
+    them); the head reads the top one. ``truncate``: each direction cut every k of its own
+    steps, as bptt's. The outputs: the model's at t = 0..T-1."""
+    T, x, h = steps, next(iter(model.inputs)), model.cell.outputs[0]
+    b, kinds, drawn, below = Builder(dtype), {}, {}, []
+
+    def time(v):  # the reverse direction's step s is time T-1-s; params, initial values keep
+        back = v.step is not None and v.step >= 0 and v.node.partition(".")[0].endswith(
+            "_reverse")
+        return T - 1 - v.step if back else v.step
+
+    def put(v, t):  # v at time t, its name saying so (h_l0_reverse@0|cut at T-1 ...)
+        return replace(v, name=v.name.replace(f"@{v.step}", f"@{t}", 1), step=t)
+
+    for k, stage in enumerate(model.stages):
+        kinds.update(stage.graph.nodes(data="kind"))
+        taps = {f"{x}_l{k}.in", f"{x}_l{k}_reverse.in"}  # plumbing for the executors
+        un = unroll(stage, T, dtype=dtype, truncate=truncate)
+        to: dict[str, Var] = {}  # a var of the layer's program -> the var in the whole
+        for v in un.program.inputs:
+            base = v.node.removesuffix("_reverse") if v.node in stage.inputs else None
+            if base == x and k:  # layer k reads both directions of layer k-1
+                to[v.name] = below[time(v)]
+            elif base is not None:  # x_reverse@s is x@(T-1-s): both directions read x@t
+                to[v.name] = drawn.setdefault(f"{base}@{time(v)}", put(
+                    replace(v, name=f"{base}@{v.step}", node=base), time(v)))
+            elif v.node not in taps:
+                to[v.name] = drawn.setdefault(v.name, v)
+        for e in un.program.eqns:
+            if e.out.node in taps:  # x_l1.in = x * 1: the layer's input, passed through
+                to[e.out.name] = to[e.inputs[0].name]
+                continue
+            if e.out.node.removesuffix(".keep") in taps:
+                continue
+            out = to[e.out.name] = put(e.out, time(e.out))
+            b.eqns.append(Eqn(out, e.op, tuple(to[a.name] if isinstance(a, Var) else a
+                                               for a in e.inputs), e.params))
+        fwd, rev = (un.outputs(o) for o in stage.outputs)
+        below = [b.call("concat", to[fwd[t].name], to[rev[T - 1 - t].name], axis=-1,
+                        name=f"{h}_l{k}.concat@{t}", node=f"{h}_l{k}.concat", step=t)
+                 for t in range(T)]
+    ys = below
+    if model.head is not None:
+        kinds["y"] = "var"
+        w, c = (drawn.setdefault(p, Var(p, model.param_shapes[p], dtype, p))
+                for p in ("head_weight", "head_bias"))
+        ys = [b.call("add", b.call("matvec", w, z, name=f"y.1@{t}", node="y.1", step=t), c,
+                     name=f"y@{t}", node="y", step=t) for t, z in enumerate(below)]
+    b.inputs = list(drawn.values())
+    inputs = {v.name: v for v in b.inputs}
+    values: dict[str, list[Var]] = {}  # each variable at t = 0..T-1 (not the cuts)
+    for e in b.eqns:
+        if e.out.name == f"{e.out.node}@{e.out.step}":
+            values.setdefault(e.out.node, [None] * T)[e.out.step] = e.out
+    return Unrolled(model.cell, T, verify(b.program(ys)),
+                    {n: [inputs[f"{n}@{t}"] for t in range(T)] for n in model.inputs},
+                    {v.name: v for v in b.inputs if v.step is None},
+                    {v.node: v for v in b.inputs if v.step == -1}, values,
+                    kinds=kinds, output=ys[0].node)
+
+
 class ReadOnlyParams:
     """``params``: {name: array} of ``_params``, read-only (arrays too):
     ``load_params`` sets weights."""
@@ -299,7 +364,7 @@ class Model(ReadOnlyParams):
         out_size = cell.shapes[cell.outputs[0]][0]
         if bidirectional:
             self.stages = [bi_layer_cell(cell, k, out_size * 2) for k in range(layers)]
-            self.full = self.stages[0]  # what rnn.unroll(model) shows: layer 0, both ways
+            self.full = self.stages[0]  # layer 0, where the inputs enter
             self.head_params = {} if head is None else {"head_weight": (head, 2 * out_size),
                                                         "head_bias": (head,)}
             shapes = {p: s for c in self.stages for p, s in c.params.items()}
@@ -578,6 +643,25 @@ class Model(ReadOnlyParams):
                 self._programs.clear()
             self._programs[key] = (prog, un)
         return self._programs[key]
+
+    def unrolled(self, steps: int, dtype: str | None = None, masked: bool = False,
+                 truncate: int | None = None, print_after_all: bool = False) -> Unrolled:
+        """The whole model over ``steps`` (``rnn.unroll(model)``): its stacked cell; for a
+        bidirectional one, every layer both ways in time order (``unroll_both_ways``)."""
+        dtype = self.dtype if dtype is None else check_dtype_name(dtype)
+        if not self.bidirectional:
+            return unroll(self.full, steps, dtype=dtype, masked=masked, truncate=truncate,
+                          print_after_all=print_after_all)
+        if masked:
+            raise ValueError("a bidirectional model reverses each sequence within its own "
+                             "length, so its program in time order is for whole sequences: "
+                             "unroll it without masked=True (bptt and forward take the mask)")
+        un = unroll_both_ways(self, positive_int("steps", steps), dtype, truncate)
+        if print_after_all:
+            cut = (f", each direction cut every {truncate} of its steps"
+                   if truncate and truncate < steps else "")
+            print(f"# unrolled in time order{cut}\n{un.program}")
+        return un
 
     def feed(self, un: Unrolled, xs: np.ndarray, initial_state=None, mask=None) -> dict:
         """The values of the unrolled program's inputs: ``xs`` packed (B, T, w) as the

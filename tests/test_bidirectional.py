@@ -127,11 +127,72 @@ def test_at_last_equals_each_sequence_alone():
                                atol=1e-12)
 
 
-def test_unrolled_program_shows_both_directions():
-    model = rnn.Model(rnn.cells.elman(I, H), bidirectional=True)
-    g = rnn.unroll(model, steps=3).graph
-    assert {"h_l0@2", "h_l0_reverse@2", "x@0", "x_reverse@0"} <= set(g.nodes)
+def test_unrolled_program_shows_both_directions_of_every_layer_in_time_order():
+    model = rnn.Model(rnn.cells.elman(I, H), layers=2, bidirectional=True)
+    un = rnn.unroll(model, steps=3)
+    g = un.graph
+    assert {f"h_l{k}{d}@{t}" for k in (0, 1) for d in ("", "_reverse") for t in range(3)} \
+        <= set(g.nodes)
+    assert "x_reverse@0" not in g and {"x@0", "x@2"} <= set(g.nodes)  # both read x@t
     assert g.has_edge("weight_hh_l0_reverse", "h_l0_reverse.3@1")
+    assert g.has_edge("h_l0@0", "h_l0.3@1") and g.has_edge("h_l0_reverse@2", "h_l0_reverse.3@1")
+    assert g.has_edge("h_l0_reverse@init", "h_l0_reverse.3@2")  # it enters at t = T-1
+    assert g.has_edge("h_l0.concat@1", "h_l1.1@1") and g.has_edge("h_l0.concat@1",
+                                                                  "h_l1_reverse.1@1")
+    assert [v.name for v in un.outputs()] == ["h_l1.concat@0", "h_l1.concat@1",
+                                              "h_l1.concat@2"]
+    assert g.nodes["h_l1_reverse@0"]["kind"] == "state" and g.nodes["h_l1_reverse@0"][
+        "step"] == 0
+    with pytest.raises(ValueError, match="masked=True"):
+        rnn.unroll(model, steps=3, masked=True)
+
+
+@pytest.mark.parametrize("head", [None, 1])
+def test_the_unrolled_bidirectional_program_computes_what_the_model_computes(head):
+    from engine.ir import backward, interpret, verify
+    from rnn.losses import add_loss, loss_weights
+
+    model = rnn.Model(rnn.cells.gru(I, H), layers=2, head=head, bidirectional=True, seed=1)
+    xs, ys, _ = data(O=head or 2 * H)
+    un = rnn.unroll(model, steps=T)
+    prog = verify(add_loss(un, "mse", "all"))
+    rng = np.random.default_rng(2)
+    h0 = rng.standard_normal((4, B, H))
+    env = {f"{n}@init": h0[i] for i, n in enumerate(model.layer_names("h"))}
+    env.update({f"x@{t}": xs[:, t] for t in range(T)}, **model.params, targets=ys,
+               weights=loss_weights("mse", "all", B, T, ys.shape[-1], None, model.dtype))
+    vals = interpret(prog, env)
+    got = np.stack([vals[v.name] for v in un.outputs()], axis=1)
+    want, state = model.forward(xs, initial_state={"h": h0}, executor="reference")
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+    for i, n in enumerate(model.layer_names("h")):  # h_n: forward at T-1, reverse at 0
+        np.testing.assert_allclose(vals[un.values[n][0 if "_reverse" in n else -1].name],
+                                   state["h"][i], rtol=0, atol=1e-12)
+    res = rnn.bptt(model, xs, ys, initial_state={"h": h0})
+    adj = backward(prog, vals, {"loss": np.ones(())})
+    assert float(vals["loss"]) == pytest.approx(res.loss, abs=1e-12)
+    for p in model.params:
+        np.testing.assert_allclose(adj[p], res.grads[p], rtol=0, atol=1e-10, err_msg=p)
+
+
+def test_the_unrolled_bidirectional_program_truncates_each_direction_as_bptt_does():
+    from engine.ir import backward, interpret
+    from rnn.losses import add_loss, loss_weights
+
+    model = rnn.Model(rnn.cells.elman(I, H), head=1, bidirectional=True, seed=1)
+    xs, ys, _ = data(O=1)
+    prog = add_loss(rnn.unroll(model, steps=T, truncate=4), "mse", "all")
+    assert {e.out.name for e in prog.eqns if e.op == "stop_gradient"} == {
+        "h_l0@3|cut", "h_l0_reverse@2|cut"}  # step 4 of each direction reads step 3
+    env = {"h_l0@init": np.zeros((B, H)), "h_l0_reverse@init": np.zeros((B, H)),
+           **{f"x@{t}": xs[:, t] for t in range(T)}, **model.params, "targets": ys,
+           "weights": loss_weights("mse", "all", B, T, 1, None, model.dtype)}
+    vals = interpret(prog, env)
+    adj = backward(prog, vals, {"loss": np.ones(())})
+    res = rnn.bptt(model, xs, ys, truncate=4)
+    assert float(vals["loss"]) == pytest.approx(res.loss, abs=1e-12)
+    for p in model.params:
+        np.testing.assert_allclose(adj[p], res.grads[p], rtol=0, atol=1e-10, err_msg=p)
 
 
 def test_truncation_and_learned_initial_state_agree_between_executors():

@@ -406,79 +406,13 @@ def unrolled(cell_or_model, steps: int = 4, compact: bool | None = None,
     if compact:
         states = [s for c in _cells(cell_or_model) for s in c.states]
         return _compact(states, steps, layers, loss, None, (), title)
-    if model is not None and model.bidirectional:
-        prog, kinds = bidirectional_program(model, steps, loss)
-        return _full(prog, steps, kinds, palette(full), None, title)
-    un = rnn.unroll(full, steps)
-    prog = un.program
+    un = rnn.unroll(full if model is None else model, steps)  # a bidirectional model: in
+    prog = un.program  # time order, each layer's reverse direction at t = T-1-s
     if loss:
         from rnn.losses import add_loss
 
         prog = add_loss(un, "mse", "all")
-    return _full(prog, steps, dict(full.graph.nodes(data="kind")), palette(full), None, title)
-
-
-def bidirectional_program(model, steps: int, loss: bool = True):
-    """A bidirectional model over ``steps`` as one program in time order, for its picture,
-    and {cell node: kind}. The model runs each layer's reverse direction over the
-    reversed sequence; here its step s is placed at time T-1-s, reading x@t as the forward
-    one does. Layer k>0 reads ``h_l{k-1}.concat@t``, both directions of the layer below
-    at t (as BiRun concatenates them); the head and the loss (mse) read the top one."""
-    from dataclasses import replace
-
-    from engine.ir import Builder, Eqn, Program, Var
-    from rnn.losses import loss_program
-    from rnn.program.unroll import unroll
-
-    T, x, h = steps, next(iter(model.inputs)), model.cell.outputs[0]
-    b, kinds, drawn, below = Builder(model.dtype), {}, {}, []
-
-    def time(v):  # the reverse direction's step s is time T-1-s; params, initial values keep
-        back = v.step is not None and v.step >= 0 and REVERSE.search(v.node)
-        return T - 1 - v.step if back else v.step
-
-    for k, stage in enumerate(model.stages):
-        kinds.update(stage.graph.nodes(data="kind"))
-        taps = {f"{x}_l{k}.in", f"{x}_l{k}_reverse.in"}  # plumbing for the executors
-        un = unroll(stage, T, dtype=model.dtype)
-        to: dict[str, Var] = {}  # a var of the layer's program -> the var drawn
-        for v in un.program.inputs:
-            base = v.node.removesuffix("_reverse") if v.node in stage.inputs else None
-            if base == x and k:  # layer k reads both directions of layer k-1
-                to[v.name] = below[time(v)]
-            elif base is not None:  # x_reverse@s is x@(T-1-s): both directions read x@t
-                to[v.name] = drawn.setdefault(f"{base}@{time(v)}", replace(
-                    v, name=f"{base}@{time(v)}", node=base, step=time(v)))
-            elif v.node not in taps:
-                to[v.name] = drawn.setdefault(v.name, v)
-        for e in un.program.eqns:
-            if e.out.node in taps:  # x_l1.in = x * 1: the layer's input, passed through
-                to[e.out.name] = to[e.inputs[0].name]
-                continue
-            if e.out.node.removesuffix(".keep") in taps:
-                continue
-            t = time(e.out)
-            out = to[e.out.name] = replace(e.out, name=f"{e.out.node}@{t}", step=t)
-            b.eqns.append(Eqn(out, e.op, tuple(to[a.name] if isinstance(a, Var) else a
-                                               for a in e.inputs), e.params))
-        fwd, rev = (un.outputs(o) for o in stage.outputs)
-        below = [b.call("concat", to[fwd[t].name], to[rev[T - 1 - t].name], axis=-1,
-                        name=f"{h}_l{k}.concat@{t}", node=f"{h}_l{k}.concat", step=t)
-                 for t in range(T)]
-    ys = below
-    if model.head is not None:
-        kinds["y"] = "var"
-        w, c = (drawn.setdefault(p, Var(p, model.param_shapes[p], model.dtype, p))
-                for p in ("head_weight", "head_bias"))
-        ys = [b.call("add", b.call("matvec", w, z, name=f"y.1@{t}", node="y.1", step=t), c,
-                     name=f"y@{t}", node="y", step=t) for t, z in enumerate(below)]
-    b.inputs = list(drawn.values())
-    if not loss:
-        return b.program(ys), kinds
-    b.call("stack", *ys, axis=1, name="Y")
-    lp = loss_program("mse", "all", T, model.output_size, model.dtype)  # of an input Y
-    return Program(tuple(b.inputs) + lp.inputs[1:], tuple(b.eqns) + lp.eqns,
-                   lp.outputs), kinds
+    return _full(prog, steps, un.kinds, palette(full), None, title)
 
 
 def _full(prog, steps, kinds, colors, adj_norms, title):

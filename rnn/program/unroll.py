@@ -113,27 +113,37 @@ class Unrolled:
     init: dict[str, Var]  # states (and delayed inputs, masked outputs) -> initial value
     values: dict[str, list[Var]]  # each cell variable -> its var at each step
     masks: list[Var] | None = None
+    # None: the cell's. A bidirectional model's program is more than one cell: its layers
+    # both ways and its head (rnn.model.unroll_both_ways) give their own
+    kinds: dict[str, str] | None = None  # each cell node -> its kind (state, var, ...)
+    output: str | None = None  # the variable outputs() gives
+
+    def __post_init__(self):
+        if self.kinds is None:
+            self.kinds = dict(self.cell.graph.nodes(data="kind"))
+        if self.output is None:
+            self.output = self.cell.outputs[0]
 
     @property
     def graph(self) -> nx.DiGraph:
         """The acyclic graph: node ``h@3`` per variable and step; ``cell_node``, ``step``
         and ``kind`` map each back to the folded cell."""
         g = self.program.graph()
-        kinds = dict(self.cell.graph.nodes(data="kind"))
         for _, data in g.nodes(data=True):
             v = data["var"]
             data["cell_node"], data["step"] = v.node, v.step
-            data["kind"] = ("init" if v.step == -1 else kinds.get(v.node, "loss")
+            data["kind"] = ("init" if v.step == -1 else self.kinds.get(v.node, "loss")
                             if v.node is not None else "loss")
         return g
 
     def outputs(self, name: str | None = None) -> list[Var]:
-        return self.values[name or self.cell.outputs[0]]
+        return self.values[name or self.output]
 
 
 def unroll(cell, steps: int, *, dtype: str = "float64", masked: bool = False,
            truncate: int | None = None, print_after_all: bool = False) -> Unrolled:
-    """Unroll a cell (or a Model's whole stack) over ``steps`` time steps.
+    """Unroll a cell (or a Model: its whole stack; a bidirectional one's layers both ways,
+    in time order, see ``Model.unrolled``) over ``steps`` time steps.
 
     The program is verified, then run through the passes (truncation cuts, when asked
     for), verified again after each; ``print_after_all`` prints it after each pass.
@@ -143,7 +153,9 @@ def unroll(cell, steps: int, *, dtype: str = "float64", masked: bool = False,
     >>> u.graph.has_edge("h@0", "h.2@1")
     True
     """
-    cell = getattr(cell, "full", cell)  # a Model unrolls its stacked cell
+    if hasattr(cell, "unrolled") and not isinstance(cell, Cell):  # a Model unrolls itself
+        return cell.unrolled(steps, dtype=dtype, masked=masked, truncate=truncate,
+                             print_after_all=print_after_all)
     if not isinstance(cell, Cell):
         raise TypeError(f"unroll takes a Cell (e.g. rnn.cells.lstm(1, 16)) or a Model, got "
                         f"{type(cell).__name__}")
