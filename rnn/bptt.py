@@ -20,7 +20,7 @@ from engine import ir
 from .lang.cell import Cell
 from .lang.parse import Ref
 from .losses import check_loss, check_targets, loss_program, loss_weights, mse_and_grad
-from .model import BiRun, Model, check_mask
+from .model import BiRun, Model, check_mask, counting
 from .program.executor import REFERENCE, check_executor
 
 
@@ -41,7 +41,8 @@ def _is_count(k) -> bool:
     return isinstance(k, numbers.Integral) and not isinstance(k, bool) and k >= 1
 
 
-def _check_truncate(truncate):
+def check_truncate(truncate):
+    """``truncate`` as bptt runs it: None, k, or (k1, k2); or a ValueError."""
     if truncate is None:
         return None
     if isinstance(truncate, (tuple, list)):
@@ -83,22 +84,29 @@ def bptt(model: Model, xs, targets, loss: str = "mse", at: str = "all", initial_
     check_model(model)
     check_executor(executor)
     check_loss(loss, at)
+    if not isinstance(model, Model):  # a composite (e.g. Seq2Seq) checks and runs its own
+        if not batch_first:
+            xs, targets, mask = batch_major(model, xs, targets, mask, at, batch_first)
+        res = model.bptt(xs, targets, loss=loss, at=at, executor=executor,
+                         initial_state=initial_state, truncate=truncate, mask=mask)
+    else:
+        batch = checked(model, xs, targets, loss, at, mask, batch_first)
+        truncate = check_truncate(truncate)
+        if not isinstance(train, bool):
+            raise TypeError(f"train must be True or False, got {train!r}")
+        res = run_batch(model, *batch, loss, at, initial_state, truncate, executor,
+                        keep_adjoints, train, seed)
     if not batch_first:
-        res = bptt(model, model.check_xs(xs, batch_first=False),
-                   time_major(targets, "targets") if at == "all" else targets, loss, at,
-                   initial_state, truncate, time_major(mask, "mask"), executor,
-                   keep_adjoints, train=train, seed=seed)
         res.outputs = res.outputs.swapaxes(0, 1)
-        return res
-    if not isinstance(model, Model):  # a composite (e.g. Seq2Seq) runs its own program
-        return model.bptt(xs, targets, loss=loss, at=at, executor=executor,
-                          initial_state=initial_state, truncate=truncate, mask=mask)
-    check_executor(executor)
-    xs, targets, mask, weights = checked(model, xs, targets, loss, at, mask)
+    return res
+
+
+def run_batch(model: Model, xs, targets, mask, weights, loss: str, at: str,
+              initial_state=None, truncate=None, executor: str = "compiled",
+              keep_adjoints: bool = False, train: bool = False, seed=None) -> BPTTResult:
+    """bptt of a batch that passed the door: (xs, targets, mask, weights) as ``checked``
+    (or ``rows``) gives them, ``loss``, ``at``, ``executor`` and ``truncate`` checked."""
     T = xs.shape[1]
-    truncate = _check_truncate(truncate)
-    if not isinstance(train, bool):
-        raise TypeError(f"train must be True or False, got {train!r}")
     train = train and model.trains_differently
     rng = None
     if train:
@@ -132,15 +140,37 @@ def time_major(a, what: str):
     return a.swapaxes(0, 1)
 
 
-def checked(model: Model, xs, targets, loss: str, at: str, mask):
-    """The batch as the loss program takes it: (xs, targets, mask, weights), or a clear
-    error for what does not fit the model."""
-    xs = model.check_xs(xs)
+def batch_major(model, xs, targets, mask, at: str, batch_first: bool = True,
+                what: str = "targets"):
+    """(xs checked, targets, mask) batch-major, whichever layout they came in."""
+    xs = model.check_xs(xs, batch_first=batch_first)
+    if batch_first:
+        return xs, np.asarray(targets), mask
+    return (xs, time_major(targets, what) if at == "all" else np.asarray(targets),
+            time_major(mask, "mask"))
+
+
+def checked(model: Model, xs, targets, loss: str, at: str, mask, batch_first: bool = True,
+            what: str = "targets"):
+    """The batch as the loss program takes it: (xs, targets, mask, weights), batch-major,
+    or a clear error for what does not fit the model (``loss`` and ``at`` are checked
+    first, by ``check_loss``)."""
+    xs, targets, mask = batch_major(model, xs, targets, mask, at, batch_first, what)
     B, T, _ = xs.shape
-    O = model.output_size
-    targets = check_targets(loss, at, targets, B, T, O, model.dtype)  # (checks the loss)
+    targets = check_targets(loss, at, targets, B, T, model.output_size, model.dtype)
     mask = check_mask(mask, (B, T), model.dtype, model.full)
-    return xs, targets, mask, loss_weights(loss, at, B, T, O, mask, model.dtype)
+    return xs, targets, mask, loss_weights(loss, at, B, T, model.output_size, mask, model.dtype)
+
+
+def rows(model: Model, xs, targets, mask, idx, loss: str, at: str):
+    """Rows ``idx`` of data whose xs and mask were checked whole (fit's door) as
+    ``checked`` gives a batch: only the targets, and that the mask counts some step,
+    are the batch's own to check."""
+    xs = xs[idx]
+    B, T, _ = xs.shape
+    targets = check_targets(loss, at, targets[idx], B, T, model.output_size, model.dtype)
+    mask = None if mask is None else counting(np.asarray(mask[idx], model.dtype))
+    return xs, targets, mask, loss_weights(loss, at, B, T, model.output_size, mask, model.dtype)
 
 
 def _run(model, xs, targets, weights, loss, at, initial_state, k, mask, executor,

@@ -93,7 +93,7 @@ def loss_weights(loss: str, at: str, B: int, T: int, O: int, mask, dtype) -> np.
 
 
 def check_targets(loss: str, at: str, targets, B: int, T: int, O: int, dtype) -> np.ndarray:
-    check_loss(loss, at)
+    """``targets`` for a ``loss`` and ``at`` that passed ``check_loss``, or a clear error."""
     targets = np.asarray(targets)
     lead = (B, T) if at == "all" else (B,)
     if loss == "mse":

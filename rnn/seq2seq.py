@@ -21,7 +21,7 @@ from engine.ir import Eqn, Program, Var
 
 from .bptt import BPTTResult
 from .lang.cell import Cell
-from .losses import add_loss, check_targets, loss_weights
+from .losses import add_loss, check_loss, check_targets, loss_weights
 from .model import Model, ReadOnlyParams
 from .program.executor import REFERENCE, check_executor
 from .program.unroll import Unrolled, positive_int, unroll
@@ -182,6 +182,7 @@ class Seq2Seq(ReadOnlyParams):
         self._sync()
         B = xs.shape[0]
         T, O = self.out_steps, self.output_size
+        check_loss(loss, at)
         targets = check_targets(loss, at, targets, B, T, O, self.dtype)
         weights = loss_weights(loss, at, B, T, O, None, self.dtype)
         plans = self._plans(executor)

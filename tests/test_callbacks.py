@@ -163,7 +163,7 @@ def _run(path, cut_at=None, epochs=8, resume=True, **model):
     m = rnn.Model(rnn.cells.gru(1, 10), head=1, seed=4, **model)
     stop = rnn.callbacks.EarlyStopping(patience=3)
     calls = {"n": 0}
-    real = F.bptt
+    real = F.run_batch  # fit's bptt of a Model's batch (training or validation)
 
     def bptt(*a, **k):
         calls["n"] += 1
@@ -171,14 +171,14 @@ def _run(path, cut_at=None, epochs=8, resume=True, **model):
             raise Cut
         return real(*a, **k)
 
-    F.bptt = bptt
+    F.run_batch = bptt
     try:
         h = rnn.fit(m, xs, ys, epochs=epochs, batch_size=4, progress=False,
                     optimizer=rnn.optim.Adam(lr=0.05), validation_split=0.2,
                     schedule=rnn.schedules.plateau(0, 0.5), callbacks=[stop],
                     checkpoint=path, checkpoint_every=1, resume=resume)
     finally:
-        F.bptt = real
+        F.run_batch = real
     return m, h, stop, calls["n"]
 
 
@@ -194,6 +194,7 @@ def _same_run(a, b):
 def test_a_run_with_schedule_validation_and_early_stopping_resumes_bit_identical(tmp_path):
     whole = _run(tmp_path / "whole.ckpt")
     h, stop, calls = whole[1], whole[2], whole[3]
+    assert calls == len(h.batch_losses) + len(h.val_losses), "the cuts miss fit's calls"
     assert stop.stopped_epoch is not None and len(h.losses) < 8, "early stopping never fired"
     assert len(set(h.lrs)) > 1, "the plateau schedule never cut the lr"
     for cut in range(1, calls + 1):  # killed at every call into bptt

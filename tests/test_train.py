@@ -178,11 +178,12 @@ def test_a_non_finite_state_is_never_written_adam():
 
 
 def _poisoned_last_batch(monkeypatch, what):
-    """Make bptt's result non-finite on the last batch of the run."""
+    """Make bptt's result (fit runs a Model's batches with run_batch) non-finite on the
+    last batch of the run."""
     from rnn.train import fit as fit_mod
 
     calls = {"n": 0}
-    real = fit_mod.bptt
+    real = fit_mod.run_batch
 
     def bad_bptt(*a, **kw):
         res = real(*a, **kw)
@@ -194,7 +195,7 @@ def _poisoned_last_batch(monkeypatch, what):
                 next(iter(res.grads.values()))[...] = np.inf
         return res
 
-    monkeypatch.setattr(fit_mod, "bptt", bad_bptt)
+    monkeypatch.setattr(fit_mod, "run_batch", bad_bptt)
 
 
 @pytest.mark.parametrize("what", ["loss", "grad"])

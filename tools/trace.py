@@ -23,7 +23,9 @@ def trace(model, xs, targets, loss: str = "mse", at: str = "all", example: int =
           show_temps: bool = False) -> str:
     """A readable table of one BPTT pass of ``model`` on (xs, targets)."""
     from rnn.bptt import checked
+    from rnn.losses import check_loss
 
+    check_loss(loss, at)
     xs, targets, _, weights = checked(model, xs, targets, loss, at, None)
     B, T, _ = xs.shape
     res_prog, un = model.program(T, loss=loss, at=at)

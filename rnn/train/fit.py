@@ -16,7 +16,7 @@ import numpy as np
 
 from engine.errors import all_finite
 
-from ..bptt import bptt, check_model, checked, time_major
+from ..bptt import batch_major, bptt, check_model, check_truncate, checked, rows, run_batch
 from ..io import files
 from ..losses import check_loss
 from ..model import Model, check_mask, writable
@@ -242,11 +242,12 @@ def fit(model: Model, xs, ys, loss: str = "mse", optimizer=None, epochs: int = 1
     optimizer = optimizer or Adam(lr=1e-2)
     if hasattr(optimizer, "check"):
         optimizer.check()
-    xs, ys, mask = _batch_major(model, xs, ys, mask, at, batch_first)
+    xs, ys, mask = batch_major(model, xs, ys, mask, at, batch_first, "ys")
     if len(ys) != len(xs):
         raise ValueError(f"xs has {len(xs)} sequences but ys has {len(ys)}")
-    if mask is not None:  # checked whole here; each batch gets its rows
+    if mask is not None:  # checked whole here; each batch takes its rows (bptt.rows)
         check_mask(mask, xs.shape[:2], model.dtype, getattr(model, "full", None))
+        mask = np.asarray(mask)  # in its own dtype: the checkpoint's fingerprint hashes it
     xs, ys, mask, val = _validation(model, xs, ys, mask, loss, at, validation,
                                     validation_split, batch_first)
     callbacks = _callbacks(schedule, callbacks, optimizer, val, checkpoint)
@@ -269,6 +270,8 @@ def fit(model: Model, xs, ys, loss: str = "mse", optimizer=None, epochs: int = 1
     # go further than it was first asked to
     at0 = run.resume() if resume else None  # (epoch, start, order, state, total, count)
     first_epoch = at0[0] if at0 else 0
+    if isinstance(model, Model):  # (a composite checks its own)
+        truncate = check_truncate(truncate)  # (after the fingerprint: it keeps it as given)
     bar = Progress(epochs, progress, initial=first_epoch)
     t0 = time.perf_counter() - hist.seconds
     for epoch in range(first_epoch, epochs if not run.stopped else first_epoch):
@@ -283,9 +286,8 @@ def fit(model: Model, xs, ys, loss: str = "mse", optimizer=None, epochs: int = 1
             idx = order[start:start + batch_size]
             where = f"epoch {epoch + 1}, batch {start // batch_size + 1}"
             init = state if stateful and state is not None and len(idx) == batch_size else None
-            res = bptt(model, xs[idx], ys[idx], loss=loss, at=at, initial_state=init,
-                       truncate=truncate, mask=None if mask is None else np.asarray(mask)[idx],
-                       executor=executor, **_training(model, rng))
+            res = _bptt_rows(model, xs, ys, mask, idx, loss, at, initial_state=init,
+                             truncate=truncate, executor=executor, **_training(model, rng))
             hist.batch_losses.append(res.loss)
             norm = global_norm(res.grads)  # NaN or inf when a gradient is not finite
             hist.grad_norms.append(norm)
@@ -322,7 +324,7 @@ def fit(model: Model, xs, ys, loss: str = "mse", optimizer=None, epochs: int = 1
             text += f" ({len(hist.skipped)} skipped)"
         if val is not None:
             vx, vy, vmask = val
-            vres = bptt(model, vx, vy, loss=loss, at=at, mask=vmask, executor=executor)
+            vres = _bptt_rows(model, vx, vy, vmask, slice(None), loss, at, executor=executor)
             hist.val_losses.append(vres.loss)
             text += f" val {vres.loss:.5g}"
         run.stopped = any([bool(cb(epoch, hist, model)) for cb in callbacks])  # all run
@@ -348,13 +350,12 @@ def _training(model, rng) -> dict:
     return {}
 
 
-def _batch_major(model, xs, ys, mask, at: str, batch_first: bool):
-    """(xs, ys, mask) checked and batch-major, whichever layout they came in."""
-    xs = model.check_xs(xs, batch_first=batch_first)
-    ys = np.asarray(ys)
-    if batch_first:
-        return xs, ys, mask
-    return xs, time_major(ys, "ys") if at == "all" else ys, time_major(mask, "mask")
+def _bptt_rows(model, xs, ys, mask, idx, loss: str, at: str, **kw):
+    """bptt of rows ``idx`` of the data checked at fit's door."""
+    if not isinstance(model, Model):  # a composite (Seq2Seq) checks its own batches
+        return bptt(model, xs[idx], ys[idx], loss, at,
+                    mask=None if mask is None else mask[idx], **kw)
+    return run_batch(model, *rows(model, xs, ys, mask, idx, loss, at), loss, at, **kw)
 
 
 def _validation(model, xs, ys, mask, loss, at, validation, split, batch_first):
@@ -378,10 +379,11 @@ def _validation(model, xs, ys, mask, loss, at, validation, split, batch_first):
     if not isinstance(validation, (tuple, list)) or len(validation) not in (2, 3):
         raise ValueError("validation must be (xs, ys) or (xs, ys, mask)")
     vx, vy, vmask = (*validation, None)[:3]
-    vx, vy, vmask = _batch_major(model, vx, vy, vmask, at, batch_first)
     if isinstance(model, Model):
-        vx, vy, vmask, _ = checked(model, vx, vy, loss, at, vmask)
-    elif len(vy) != len(vx):
+        vx, vy, vmask, _ = checked(model, vx, vy, loss, at, vmask, batch_first, "ys")
+        return xs, ys, mask, (vx, vy, vmask)
+    vx, vy, vmask = batch_major(model, vx, vy, vmask, at, batch_first, "ys")
+    if len(vy) != len(vx):
         raise ValueError(f"validation xs has {len(vx)} sequences but ys has {len(vy)}")
     return xs, ys, mask, (vx, vy, vmask)
 
