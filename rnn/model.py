@@ -392,15 +392,18 @@ class Model(ReadOnlyParams):
 
     def cell_for(self, train: bool = False, stage: int = 0) -> Cell:
         """The cell that runs: the stack (a bidirectional model: layer ``stage``), with
-        the dropout masks as inputs when ``train`` and the model has dropout."""
-        if not (train and self.trains_differently):
+        the dropout masks as inputs when ``train`` and the model has dropout. A
+        bidirectional layer's cell has masks only for recurrent dropout (BiRun drops
+        out between layers): without it training runs the plain cell, and its plan."""
+        plain = not (self.recurrent_dropout if self.bidirectional else self.trains_differently)
+        if not train or plain:
             return self.stages[stage] if self.bidirectional else self.full
         key = stage
         if key not in self._train:
             if self.bidirectional:
                 out_size = self.cell.shapes[self.cell.outputs[0]][0]
                 self._train[key] = bi_layer_cell(self.cell, stage, 2 * out_size,
-                                                 bool(self.recurrent_dropout))
+                                                 recurrent_dropout=True)
             else:
                 self._train[key] = stack_cells(self.cell, self.layers, self.head,
                                                bool(self.dropout), bool(self.recurrent_dropout))

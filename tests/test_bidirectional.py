@@ -264,3 +264,29 @@ def test_gradcheck_keep_adjoints_and_to_keras_of_a_bidirectional_model():
         rnn.bptt(m, xs, ys, keep_adjoints=True)
     with pytest.raises(ValueError, match="Bidirectional"):
         rnn.interop.to_keras(m)
+
+
+def test_dropout_alone_trains_on_the_plain_plan(monkeypatch):
+    """Without recurrent dropout a layer's training cell is the plain one (dropout acts
+    between layers, in BiRun): one plan per layer serves both, and training computes
+    what a training cell of its own (an identical copy) computes."""
+    import rnn.model as M
+
+    built = []
+    real = M.Plan
+    monkeypatch.setattr(M, "Plan", lambda cell, *a: built.append(cell) or real(cell, *a))
+    model = rnn.Model(rnn.cells.lstm(I, H), layers=2, bidirectional=True, dropout=0.5)
+    xs, ys, _ = data()
+    plain = rnn.bptt(model, xs, ys)
+    trained = rnn.bptt(model, xs, ys, train=True, seed=1)
+    assert [id(c) for c in built] == [id(c) for c in model.stages]  # one plan per layer
+    assert all(model.plan(False, True, k) is model.plan(False, False, k) for k in (0, 1))
+    assert trained.loss != plain.loss  # the dropout acts
+    copy = rnn.Model(rnn.cells.lstm(I, H), layers=2, bidirectional=True, dropout=0.5)
+    own = [M.bi_layer_cell(copy.cell, k, 2 * H) for k in (0, 1)]
+    copy.cell_for = lambda train=False, stage=0: own[stage] if train else copy.stages[stage]
+    again = rnn.bptt(copy, xs, ys, train=True, seed=1)
+    assert [id(c) for c in built[2:]] == [id(c) for c in own]
+    assert again.loss == trained.loss
+    for k in trained.grads:
+        np.testing.assert_array_equal(again.grads[k], trained.grads[k], err_msg=k)
