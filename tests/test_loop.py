@@ -1,8 +1,6 @@
 """The loop compiler: the plan it makes of a cell, and agreement with the reference
 interpreter on cells that exercise every op, broadcast, delay and option."""
 
-import dataclasses
-
 import numba
 import numpy as np
 import pytest
@@ -38,7 +36,8 @@ def test_lstm_rolls_back_into_one_loop_with_the_input_projection_hoisted():
     assert [n.op for n in body.nodes[:4]] == ["matvec", "add", "add", "add"]
     assert sum(n.op == "matvec" for n in body.nodes) == 1
     src = plan.source()
-    assert "def forward(T0, T1, B" in src and "def backward(T, T0, T1, B" in src
+    assert "def forward(T0, T1, NB, OFF, R0, R1" in src
+    assert "def backward(T, T0, T1, NB, K, KEEP_ADJ, CH, OFF, R0, R1" in src
     fwd = src.split("def backward")[0]
     assert fwd.count("for j in range(3)") == 1  # the gate math is one loop over (b, j)
     assert fwd.count("for j in range(12)") == 1  # so is the sum W_ih x + b_ih + W_hh h + b_hh
@@ -243,6 +242,59 @@ def windows(monkeypatch):
     return seen
 
 
+@pytest.fixture
+def rows(monkeypatch):
+    """Every loop run in parts of the batch, on threads of their own (as small-lstm's on
+    two free cores), whatever the sizes and the load; yields the largest number of parts
+    a loop ran in."""
+    seen = [0]
+    real = loop._Threads.cuts
+
+    def spy(self, B):
+        c = real(self, B)
+        seen[0] = max(seen[0], len(c))
+        return c
+
+    monkeypatch.setattr(loop._Threads, "SERIAL", 0)
+    monkeypatch.setattr(loop._Threads, "SPLIT_MIN", 0)
+    monkeypatch.setattr(loop._threads, "cores", lambda: 3)
+    monkeypatch.setattr(loop._Threads, "cuts", spy)
+    return seen
+
+
+def test_loops_run_in_parts_of_the_batch_agree(rows):
+    """Parts of the batch (3 over batches of 2..5 rows, one part of a single row) on
+    threads of their own give the interpreter's numbers: stacks, heads, masks,
+    truncation, many-to-one, given initial states, several inputs, Seq2Seq."""
+    rng = np.random.default_rng(3)
+    for name, B in (("lstm", 5), ("gru", 2), ("elman", 4)):
+        m = Model(cells.BUILTINS[name](3, 4), layers=2, head=2, seed=1)
+        xs, ys = rng.standard_normal((B, 7, 3)), rng.standard_normal((B, 7, 2))
+        mask = np.ones((B, 7))
+        mask[1, 4:] = 0
+        agree(m, xs, ys)
+        agree(m, xs, ys, truncate=(2, 5))
+        agree(m, xs, ys[:, -1], at="last")
+        agree(m, xs, ys, mask=mask, truncate=3,
+              initial_state={"h": rng.standard_normal((2, B, 4))})
+    test_delays_delayed_inputs_and_reductions_inside_the_loop()  # softmax, sum, concat
+    assert rows[0] == 3
+    s2s = rnn.Seq2Seq(cells.lstm(3, 4), cells.gru(1, 4), head=3, out_steps=4)
+    xs, ys = rng.standard_normal((4, 6, 3)), rng.standard_normal((4, 4, 3))
+    a, b = rnn.bptt(s2s, xs, ys, executor="reference"), rnn.bptt(s2s, xs, ys)
+    assert abs(a.loss - b.loss) < 1e-12
+    for k in a.grads:
+        np.testing.assert_allclose(b.grads[k], a.grads[k], atol=1e-10, err_msg=k)
+
+
+def test_parts_of_the_batch_a_window_at_a_time(rows, windows):
+    rng = np.random.default_rng(5)
+    m = Model(cells.lstm(3, 4), layers=2, head=2, seed=1, learn_initial=("h",))
+    xs, ys = rng.standard_normal((3, 11, 3)), rng.standard_normal((3, 11, 2))
+    agree(m, xs, ys, truncate=3)
+    assert rows[0] == 3 and windows[0] >= 4
+
+
 def test_feeders_a_window_at_a_time_agree(windows):
     """An LSTM's input projection (and any sweeps that only feed a loop) computed and
     differentiated a window of steps at a time gives the same numbers as all T at once:
@@ -276,6 +328,16 @@ def test_seq2seq_a_window_at_a_time(windows):
     assert abs(a.loss - b.loss) < 1e-12 and windows[0] >= 3
     for k in a.grads:
         np.testing.assert_allclose(b.grads[k], a.grads[k], atol=1e-10, err_msg=k)
+
+
+@settings(max_examples=8, deadline=None, derandomize=True)
+@given(cell_text())
+def test_random_cells_agree_in_parts_of_the_batch(text):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(loop._Threads, "SERIAL", 0)
+        mp.setattr(loop._Threads, "SPLIT_MIN", 0)
+        mp.setattr(loop._threads, "cores", lambda: 2)
+        test_random_cells_agree_with_the_interpreter.hypothesis.inner_test(text)
 
 
 @settings(max_examples=8, deadline=None, derandomize=True)
@@ -333,17 +395,17 @@ def _blas_threads_seen(model, xs):
 
     model.forward(xs)  # loads every BLAS the loops use
     before, seen = counts(), []
-    real = loop.OPS["matvec"]
+    real = loop._Threads.matmul  # a sweep's x @ W^T
 
-    def spy(*args, **kw):
+    def spy(self, a, b):
         seen.append(counts())
-        return real.forward(*args, **kw)
+        return real(self, a, b)
 
-    loop.OPS["matvec"] = dataclasses.replace(real, forward=spy)
+    loop._Threads.matmul = spy
     try:
         model.forward(xs)
     finally:
-        loop.OPS["matvec"] = real
+        loop._Threads.matmul = real
     return before, seen, counts()
 
 
@@ -375,6 +437,20 @@ def test_a_fixed_blas_thread_count_ignores_the_load(monkeypatch):
     got = th.gemm(1e12)
     assert isinstance(got, loop._Full) and got.cores == 2  # busy machine: still two
     assert th.gemm(1.0) is loop._NOTHING  # small: one
+    th.parts = 2  # the loops run in parts of the batch: those threads are ours
+    assert th.gemm(1e12) is loop._NOTHING and th.cuts(5) == [(0, 2), (2, 5)]
+
+
+def test_a_small_step_runs_in_parts_where_cores_are_free(monkeypatch):
+    plan = Model(cells.lstm(32, 128), dtype="float32").plan()
+    monkeypatch.setattr(loop._threads, "cores", lambda: 2)
+    assert plan.parts(100, 32) == 2  # small-lstm
+    assert plan.parts(100, 1) == 1 and plan.parts(2, 2) == 1  # one row; little work
+    monkeypatch.setattr(loop._threads, "cores", lambda: 1)
+    assert plan.parts(100, 32) == 1  # a busy machine
+    monkeypatch.setattr(loop._threads, "cores", lambda: 2)
+    big = Model(cells.lstm(256, 512), dtype="float32").plan()
+    assert big.parts(100, 64) == 1  # medium-lstm: BLAS's threads on its big steps
 
 
 @pytest.mark.parametrize("dtype,atol", [("float64", 1e-10), ("float32", 2e-5)])

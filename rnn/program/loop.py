@@ -29,6 +29,7 @@ import time
 from collections import ChainMap
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import networkx as nx
@@ -158,6 +159,7 @@ class Loop:
     bwd_args: list = field(default_factory=list)
     src: str = ""
     flops: int = 0  # of the GEMMs of one step, per example
+    width: int = 0  # numbers computed in one step, per example
     rings: dict = field(default_factory=dict)  # value -> (steps, width) of its cotangent ring
 
 
@@ -462,18 +464,21 @@ class _Emit:
     # -------------------------------------------------------------- forward
     def forward(self) -> str:
         grp = self.grp
-        lines = [f"{JIT}", f"def forward(T0, T1, B, OFF, {', '.join(self.fwd_sig())}):"]
-        body = []
+        # rows R0..R1-1 of the batch (NB rows): rows never meet in a step's forward, so
+        # the plan may run parts of the batch on threads of their own (_Threads.rows)
+        lines = [f"{JIT}", f"def forward(T0, T1, NB, OFF, R0, R1, {', '.join(self.fwd_sig())}):"]
+        body = ["B = R1 - R0"]
         for n in grp.nodes:
             if n.out in self.array and n.out not in grp.stored:
                 body.append(f"S{self.idx[n.out]} = np.empty((B, {n.width}), _F)")
         body.append("for t in range(T0, T1):")
-        loop = self.reads()
+        loop = self.reads(rows="[R0:R1]")
         for seg in self.segments:
             for n in seg:
                 i = self.idx[n.out]
                 if n.out in self.array:
-                    loop.append(f"v{i} = V{i}[t]" if n.out in grp.stored else f"v{i} = S{i}")
+                    loop.append(f"v{i} = V{i}[t][R0:R1]" if n.out in grp.stored
+                                else f"v{i} = S{i}")
             loop += self.fwd_run(seg) if self._fused(seg) else self.fwd_node(seg[0])
         body += ["    " + ln for ln in loop]
         return "\n".join(lines + ["    " + ln for ln in body]) + "\n"
@@ -517,15 +522,16 @@ class _Emit:
         return roles + [(f"P{k}", ("param" if backward or len(self.step.params[name]) < 2
                                    else "paramT", name)) for name, k in self.params.items()]
 
-    def reads(self, backward: bool = False) -> list[str]:
-        """The per-step locals of outside values read now, and of delayed values."""
-        out = [f"re{k} = E{k}[{self.now(name)}]" for name, k in self.ext.items()
+    def reads(self, backward: bool = False, rows: str = "") -> list[str]:
+        """The per-step locals of outside values read now, and of delayed values (``rows``
+        of them: "[R0:R1]" or all)."""
+        out = [f"re{k} = E{k}[{self.now(name)}]{rows}" for name, k in self.ext.items()
                if self.read_now(name) and (not backward or name in self.bwd_ext)]
         for name, d in sorted(self.delayed):
             if backward and name in self.ext and name not in self.bwd_ext:
                 continue
-            out.append(f"{self.local(Arg('node', name, d))} = {self.arr(name)}[t - {d}] "
-                       f"if t >= {d} else I_{self.tag(name)}")
+            out.append(f"{self.local(Arg('node', name, d))} = {self.arr(name)}[t - {d}]{rows} "
+                       f"if t >= {d} else I_{self.tag(name)}{rows}")
         return out
 
     def now(self, name) -> str:
@@ -596,6 +602,8 @@ class _Emit:
         roles += [(f"GP{k}", ("gparam", name)) for name, k in self.params.items()]
         roles += [(f"GMV{self.idx[n.out]}", ("gmv", n.out)) for n in grp.nodes
                   if n.op == "matvec"]
+        roles += [(f"XR{self.idx[n.out]}", ("xr", n.out)) for n in grp.nodes
+                  if n.op == "matvec"]
         roles += [(f"NORM{self.idx[n.out]}", ("norm", n.out)) for n in grp.nodes
                   if n.out in self.step.states]
         # the cotangents sent to earlier steps: they outlive a call over a window
@@ -610,9 +618,12 @@ class _Emit:
 
     def backward(self) -> str:
         step, grp = self.step, self.grp
-        sig = ["T", "T0", "T1", "B", "K", "KEEP_ADJ", "CH", "OFF"] + self.bwd_sig()
+        sig = ["T", "T0", "T1", "NB", "K", "KEEP_ADJ", "CH", "OFF", "R0", "R1"] + self.bwd_sig()
         lines = [JIT, f"def backward({', '.join(sig)}):"]
-        body = []
+        # rows R0..R1-1 of the batch, as the forward; what rows share (the parameters'
+        # cotangents GP, the squared norms NORM) and what a part carries from step to
+        # step (the rings C, GMV, XR) are the caller's, one per part
+        body = ["B = R1 - R0"]
         for n in grp.nodes:
             i = self.idx[n.out]
             if n.op != "matvec" and n.out in self.garray:
@@ -626,23 +637,23 @@ class _Emit:
                     d for nm, d in self.delayed if nm == name):
                 body.append(f"Je{k} = np.empty((B, {step.widths[name]}), _F)")
         body.append("for t in range(T1 - 1, T0 - 1, -1):")
-        loop = ["kt = t if KEEP_ADJ else 0"] + self.reads(backward=True)  # KEEP: (1, B, w)
+        loop = ["kt = t if KEEP_ADJ else 0"] + self.reads(True, "[R0:R1]")  # KEEP: (1, B, w)
         # where the cotangents of outside values read now and of delayed values go
-        loop += [f"ce{k} = EG{k}[{self.now(name)}]" for name, k in self.ext.items()
+        loop += [f"ce{k} = EG{k}[{self.now(name)}][R0:R1]" for name, k in self.ext.items()
                  if self.read_now(name) and self._ext_kind(name) == "node"]
         for name, d in sorted(self.delayed):
             tag = self.tag(name)
             if name in self.names or self._ext_kind(name) == "node":
                 into = (f"C{tag}[(t - {d}) % {self.ring[name]}]" if name in self.names
-                        else f"EG{self.ext[name]}[t - {d}]")
-                loop += [f"if t < {d}:", f"    c{tag}_{d} = GI_{tag}",
+                        else f"EG{self.ext[name]}[t - {d}][R0:R1]")
+                loop += [f"if t < {d}:", f"    c{tag}_{d} = GI_{tag}[R0:R1]",
                          f"elif K > 0 and (t - {d}) // K != t // K:",
                          f"    c{tag}_{d} = J{tag}", "else:", f"    c{tag}_{d} = {into}"]
         # the values backward rules read are all stored (see _plan_storage)
         for n in grp.nodes:
             i = self.idx[n.out]
             if n.out in grp.stored:
-                loop.append(f"v{i} = V{i}[t]")
+                loop.append(f"v{i} = V{i}[t][R0:R1]")
         for n in grp.nodes:
             i = self.idx[n.out]
             if n.op == "matvec":
@@ -651,7 +662,7 @@ class _Emit:
                 continue
             parts = []
             if n.out in grp.exported:
-                parts.append(f"SEED{i}[t, b, j]")
+                parts.append(f"SEED{i}[t, R0 + b, j]")
             if n.out in self.ring:
                 parts.append(f"C{i}[t % {self.ring[n.out]}, b, j]")
             loop += ["for b in range(B):", f"    for j in range({n.width}):",
@@ -667,8 +678,8 @@ class _Emit:
             if n.out in step.states:
                 loop += ["s = 0.0", "for b in range(B):", f"    for j in range({n.width}):",
                          f"        s += g{i}[b, j] * g{i}[b, j]",
-                         f"NORM{i}[t] = math.sqrt(s)", "if KEEP_ADJ:",
-                         f"    KEEP{i}[t] = g{i}"]
+                         f"NORM{i}[t] = s", "if KEEP_ADJ:",
+                         f"    KEEP{i}[t, R0:R1] = g{i}"]
             if n.out in self.live:
                 loop += self.bwd_node(n)
         for n in grp.nodes:
@@ -679,22 +690,17 @@ class _Emit:
 
     def weight_grad(self, n: Node) -> list[str]:
         """The weight's cotangent, sum over t of g_t^T x_(t-d): the g of CH steps are
-        kept (a ring, GMV) and go into one GEMM when the chunk is complete, as all T of
+        kept (a ring, GMV) with the rows of x they meet (XR: x at t - d, or the initial
+        value before t = d) and go into one GEMM when the chunk is complete, as all T of
         them did once, without holding all T."""
         i, (W, x) = self.idx[n.out], n.args
-        G, P, d = f"GMV{i}", f"GP{self.params[W.name]}", x.delay
-        X = self.arr(x.name)
-        out = [f"if t % CH == 0:  # steps t .. t + n - 1 are done: {P} += their g^T x",
-               "    n = min(CH, T - t)"]
-        if not d:
-            return out + [f"    _mtm({G}, 0, {X}, t * B, n * B, {P})"]
-        init = f"I_{self.tag(x.name)}"
-        return out + [f"    if t >= {d}:", f"        _mtm({G}, 0, {X}, (t - {d}) * B, n * B, {P})",
-                      "    else:  # before step d, x[t - d] is the initial value",
-                      f"        for s in range(min({d}, n)):",
-                      f"            _mtm({G}, s * B, {init}, 0, B, {P})",
-                      f"        if n > {d}:",
-                      f"            _mtm({G}, {d} * B, {X}, 0, (n - {d}) * B, {P})"]
+        G, X, P, d = f"GMV{i}", f"XR{i}", f"GP{self.params[W.name]}", x.delay
+        now = f"{self.arr(x.name)}[t - {d}][R0:R1]"
+        fill = ([f"{X}[t % CH] = {now}"] if not d else
+                [f"if t >= {d}:", f"    {X}[t % CH] = {now}", "else:",
+                 f"    {X}[t % CH] = I_{self.tag(x.name)}[R0:R1]"])
+        return fill + [f"if t % CH == 0:  # steps t .. t + n - 1 are done: {P} += their g^T x",
+                       f"    _mtm({G}, 0, {X}, 0, min(CH, T - t) * B, {P})"]
 
     def bwd_run(self, seg: list[Node]) -> list[str]:
         """Reverse mode of a run in one loop over (b, j): adjoints in scalars ``a{i}``."""
@@ -710,7 +716,7 @@ class _Emit:
         for n in reversed(seg):
             i = self.idx[n.out]
             if n in states:
-                out += [f"        N{i}[j] += a{i} * a{i}", f"        KEEP{i}[kt, b, j] = a{i}"]
+                out += [f"        N{i}[j] += a{i} * a{i}", f"        KEEP{i}[kt, R0 + b, j] = a{i}"]
             if n.out not in self.live:  # its adjoint is 0: 0 * an infinite slope is no NaN
                 continue
             if n.op == "slice":
@@ -729,8 +735,7 @@ class _Emit:
                     out.append(f"        a{self.idx[a.name]} += {expr}")
                 else:
                     out += ["        " + ln for ln in self.add_into(a, expr, "j", w)]
-        out += [f"NORM{self.idx[n.out]}[t] = math.sqrt(N{self.idx[n.out]}.sum())"
-                for n in states]
+        out += [f"NORM{self.idx[n.out]}[t] = N{self.idx[n.out]}.sum()" for n in states]
         return out
 
     def add_into(self, a: Arg, expr: str, col: str, w_out: int) -> list[str]:
@@ -832,6 +837,7 @@ class Plan:
             mod = cache.load(grp.src, "loop")
             grp.flops = sum(2 * np.prod(step.params[n.args[0].name]) for n in grp.nodes
                             if n.op == "matvec")
+            grp.width = sum(n.width for n in grp.nodes)
             grp.forward, grp.backward = mod.forward, mod.backward
 
     def summary(self) -> str:
@@ -885,9 +891,10 @@ class Plan:
                     for n in self.feeders[k]:
                         self._sweep(n, win, params, init, T1 - T0, B)
                     cur = ChainMap({n.out: win[n.out] for n in self.feeders[k]}, vals)
+                args = self._args(grp.fwd_args, cur, params, init, made, T, B)
                 with _threads.gemm(grp.flops * B):
-                    grp.forward(T0, T1, B, T0, *self._args(grp.fwd_args, cur, params, init,
-                                                           made, T, B))
+                    _threads.run([partial(grp.forward, T0, T1, B, T0, R0, R1, *args)
+                                  for R0, R1 in _threads.cuts(B)])
         for name in deferred:  # never held for all T: a zero stands in
             vals[name] = np.broadcast_to(np.zeros((), self.dtype),
                                          (T, B, self.step.widths[name]))
@@ -899,9 +906,11 @@ class Plan:
         op, kw = OPS[n.op], n.kw
         if n.out in self.inplace:  # write over an operand nobody reads again
             y = INPLACE[n.op](*args, out=args[0])
-        else:
+        elif n.op == "matvec":  # x @ W^T
             with _threads.gemm(_flops(n, T * B, params)):
-                y = op.forward(*args, **kw)
+                y = _threads.matmul(args[1], args[0].T)
+        else:
+            y = op.forward(*args, **kw)
         if y.shape != (T * B, n.width):  # a value of parameters alone
             y = np.broadcast_to(y, (T * B, n.width))
         # C order: a loop reading a strided view (a slice's) does not vectorize
@@ -983,8 +992,23 @@ class Plan:
 
     def blas_threads(self, T: int, B: int):
         """BLAS on one thread while this plan runs over (T, B), bar big GEMMs (_Threads);
-        nested uses set it once."""
-        return _threads.single(T * B * self.max_weight)
+        the loops in parts of the batch where that pays (``parts``); nested uses set it
+        once."""
+        return _threads.single(T * B * self.max_weight, self.parts(T, B))
+
+    def parts(self, T: int, B: int) -> int:
+        """How many parts of the batch the loops run in, each on a core of its own with
+        BLAS on one thread, start to end with no synchronisation (a batch's rows never
+        meet inside a step). Where a step's GEMM is small (below SPLIT_MAX) BLAS's own
+        threads mostly wait for each other, and collapse when another process holds a
+        core (small-lstm: 17-39 ms from run to run on 2 threads); in parts, a busy core
+        slows its own part only. Bigger steps (medium-lstm: 2 threads 105 ms a forward,
+        two parts 121), a small batch or little work: one part, BLAS's threads."""
+        loops = [g for g in self.groups if isinstance(g, Loop)]
+        if B < 2 or not loops or max(g.flops for g in loops) * B >= _threads.SPLIT_MAX or \
+                T * B * sum(g.width for g in loops) < _threads.SPLIT_MIN:
+            return 1
+        return _threads.cores()
 
     def _backward(self, vals, seeds, params, init, truncate, keep_adjoints):
         T, B = next(v for v in vals.values() if v.ndim == 3).shape[:2]
@@ -1032,32 +1056,53 @@ class Plan:
                     extra[(role, name)] = None if name in deferred else adj_of(name)
                 elif role == "ginit":
                     extra[(role, name)] = ginit[name]
-                elif role == "gparam":
-                    extra[(role, name)] = gparams[name]
-                elif role == "gmv":  # a ring of CH steps (see _Emit.weight_grad)
-                    extra[(role, name)] = np.empty((CH, B, w), self.dtype)
-                elif role == "norm":
-                    extra[(role, name)] = norms[name] = np.zeros(T)
                 elif role == "keep":
                     extra[(role, name)] = kept[name] = (
                         np.zeros((T, B, w), self.dtype) if keep_adjoints
                         else np.empty((1, B, w), self.dtype))
-                elif role == "ring":
-                    extra[(role, name)] = np.zeros((grp.rings[name][0], B, w), self.dtype)
+            cuts = _threads.cuts(B)
+            own = [self._part_arrays(grp, params, T, R1 - R0, CH) for R0, R1 in cuts]
             for T0, T1 in reversed(windows.get(k, [(0, T)])):
                 feed = self.feeders[k] if T1 - T0 < T else ()
                 wadj = {n.out: np.zeros((T1 - T0, B, n.width), self.dtype) for n in feed
                         if ("adj", n.out) in extra}
                 extra.update({("adj", name): a for name, a in wadj.items()})
-                args = self._args(grp.bwd_args, vals, params, init, extra, T, B)
+                calls = [partial(grp.backward, T, T0, T1, B, K, keep_adjoints, CH, T0, R0, R1,
+                                 *self._args(grp.bwd_args, vals, params, init,
+                                             ChainMap(mine, extra), T, B))
+                         for (R0, R1), mine in zip(cuts, own)]
                 with _threads.gemm(grp.flops * B):
-                    grp.backward(T, T0, T1, B, K, keep_adjoints, CH, T0, *args)
+                    _threads.run(calls)
                 if feed:
                     self._feeders_backward(feed, wadj, vals, params, init, gparams, ginit,
                                            adj_of, T0, T1, B)
+            for role, name in grp.bwd_args:  # what the parts hold for the rows they ran
+                if role == "gparam":
+                    gparams[name] += sum(mine[(role, name)] for mine in own)
+                elif role == "norm":
+                    norms[name] = np.sqrt(sum(mine[(role, name)] for mine in own))
         if not keep_adjoints:
             kept = {}
         return gparams, ginit, norms, kept
+
+    def _part_arrays(self, grp: Loop, params: dict, T: int, B: int, CH: int) -> dict:
+        """What one part of the batch (B rows) of a loop's backward keeps for itself: its
+        parameters' cotangents and squared step norms (summed over the parts after), its
+        rings (the cotangents sent to later-visited steps, the GMV and XR of a weight's
+        cotangent, _Emit.weight_grad)."""
+        out = {}
+        vec = {n.out: n.args[1].name for n in grp.nodes if n.op == "matvec"}
+        for role, name in grp.bwd_args:
+            w = self.step.widths.get(vec[name] if role == "xr" else name)
+            if role == "gparam":
+                out[(role, name)] = np.zeros(np.shape(params[name]), self.dtype)
+            elif role == "norm":
+                out[(role, name)] = np.zeros(T)
+            elif role in ("gmv", "xr"):  # a GEMM's g, and the x it met (its vector's)
+                out[(role, name)] = np.empty((CH, B, w), self.dtype)
+            elif role == "ring":
+                out[(role, name)] = np.zeros((grp.rings[name][0], B, w), self.dtype)
+        return out
 
     def _feeders_backward(self, feed, wadj, vals, params, init, gparams, ginit, adj_of,
                           T0, T1, B):
@@ -1098,7 +1143,7 @@ class Plan:
             W, x = n.args
             with _threads.gemm(_flops(n, T * B, params)):
                 gparams[W.name] += _weight_grad(g, vals[x.name], init.get(x.name), x.delay)
-                cts = [None, None if x.kind != "node" else g2 @ params[W.name]]
+                cts = [None, None if x.kind != "node" else _threads.matmul(g2, params[W.name])]
         else:
             y = vals[n.out].reshape(T * B, n.width)
             if len(args) == 1 and np.ndim(args[0]) < 2:  # softplus(b): of a parameter, its
@@ -1147,6 +1192,9 @@ class _Threads:
 
     BIG = 2e6  # small-lstm's 4.2 MFLOP per step: 0.81x time on 2 threads, the MGU's 1.6: 0.97x
     SERIAL = 65536 * 4
+    SPLIT_MAX = 2 ** 24  # medium-lstm's 134 MFLOP: BLAS on 2 threads 105 ms, two halves 121
+    SPLIT_MIN = 200_000  # elements computed in a call, below which a thread costs more
+    PART_ROWS = 256  # rows of a sweep's GEMM below which it stays on one thread
     FRESH = 0.05  # seconds a reading of the free cores is used for
 
     def __init__(self):
@@ -1158,6 +1206,8 @@ class _Threads:
         fixed = os.environ.get("UNROLL_BLAS_THREADS", "").strip()
         self.fixed = max(int(fixed), 1) if fixed.isdigit() else None
         self.old = []
+        self.pool = None  # threads for parts of a batch (rows), started at first need
+        self.parts = 1  # parts of the batch the loops run in, inside ``single``
 
     def _find(self):
         import scipy.linalg.cython_blas  # noqa: F401 - load the BLAS the loops call first
@@ -1192,26 +1242,78 @@ class _Threads:
         for lib, n in zip(self.libs, counts):
             lib.set_num_threads(n)
 
-    def single(self, mnk: float = math.inf):
-        """One thread for every BLAS call inside (``mnk``: the biggest GEMM's m n k)."""
-        return _Single(self) if mnk >= self.SERIAL else _NOTHING
+    def single(self, mnk: float = math.inf, parts: int = 1):
+        """One thread for every BLAS call inside (``mnk``: the biggest GEMM's m n k);
+        the loops run in ``parts`` parts of the batch (``cuts``)."""
+        return _Single(self, parts) if mnk >= self.SERIAL else _NOTHING
 
     def gemm(self, flops: float):
-        """Inside ``single``: the free cores for one big GEMM."""
-        if flops < self.BIG or self.depth == 0:
+        """Inside ``single``: the free cores for one big GEMM, unless the loops run in
+        parts of the batch: those threads are ours, and BLAS's would only spin beside
+        them (OpenBLAS's wait after a call), so every GEMM stays on one thread."""
+        if flops < self.BIG or self.depth == 0 or self.parts > 1:
             return _NOTHING
-        if self.fixed is not None:  # the same threads whatever the load: the same bits
-            return _NOTHING if self.fixed < 2 else _Full(self, self.fixed)
+        free = self.cores()
+        return _NOTHING if free < 2 else _Full(self, free)
+
+    def cores(self) -> int:
+        """The cores to use: UNROLL_BLAS_THREADS when set (the same threads whatever the
+        load: the same bits), else the free ones."""
+        if self.fixed is not None:
+            return self.fixed
         now = time.monotonic()
         if now - self.seen[0] > self.FRESH:  # a reading costs ~0.1 ms: reuse it a while
             self.seen = (now, self.free_cores())
-        free = self.seen[1]
-        return _NOTHING if free < 2 else _Full(self, free)
+        return self.seen[1]
+
+    def cuts(self, B: int) -> list[tuple[int, int]]:
+        """The rows (R0, R1) of each part of a batch of B the loops run in."""
+        n = min(self.parts, B) if self.depth else 1
+        return [(B * k // n, B * (k + 1) // n) for k in range(n)]
+
+    def matmul(self, a, b):
+        """a @ b, a part of a's rows on each thread where the loops run in parts (a
+        sweep's GEMM over all T: BLAS stays on one thread then, see ``gemm``)."""
+        cuts = self.cuts(a.shape[0]) if a.shape[0] >= self.PART_ROWS else [(0, a.shape[0])]
+        if len(cuts) == 1:
+            return a @ b
+        out = np.empty((a.shape[0], b.shape[1]), np.result_type(a, b))
+        self.run([partial(np.matmul, a[r0:r1], b, out=out[r0:r1]) for r0, r1 in cuts])
+        return out
+
+    def tmatmul(self, a, b):
+        """a.T @ b, summed over parts of the rows of a and b, as ``matmul``."""
+        cuts = self.cuts(a.shape[0]) if a.shape[0] >= self.PART_ROWS else [(0, a.shape[0])]
+        if len(cuts) == 1:
+            return a.T @ b
+        out = [None] * len(cuts)
+
+        def part(k, r0, r1):
+            out[k] = a[r0:r1].T @ b[r0:r1]
+        self.run([partial(part, k, r0, r1) for k, (r0, r1) in enumerate(cuts)])
+        return sum(out)
+
+    def run(self, calls: list) -> None:
+        """Each call on a thread of its own (the first on this one); returns when all are
+        done, raising the first error."""
+        if len(calls) == 1:
+            calls[0]()
+            return
+        if self.pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self.pool = ThreadPoolExecutor(max(1, (os.cpu_count() or 2) - 1), "unroll-rows")
+        futures = [self.pool.submit(c) for c in calls[1:]]
+        try:
+            calls[0]()
+        finally:
+            for f in futures:
+                f.result()
 
 
 class _Single:
-    def __init__(self, th):
-        self.th = th
+    def __init__(self, th, parts: int = 1):
+        self.th, self.parts = th, parts
 
     def __enter__(self):
         th = self.th
@@ -1220,6 +1322,7 @@ class _Single:
                 th._find()
             th.old = [lib.get_num_threads() for lib in th.libs]
             th._set([1] * len(th.libs))
+            th.parts = self.parts
         th.depth += 1
 
     def __exit__(self, *exc):
@@ -1367,10 +1470,10 @@ def _weight_grad(G, X, init, d):
     T, B, m = G.shape
     n = X.shape[-1]
     if not d:
-        return G.reshape(T * B, m).T @ X.reshape(T * B, n)
+        return _threads.tmatmul(G.reshape(T * B, m), X.reshape(T * B, n))
     out = (G[0] if d == 1 else G[:d].sum(axis=0)).T @ init  # init: (B, n)
     if d < T:
-        out += G[d:].reshape(-1, m).T @ X[:T - d].reshape(-1, n)
+        out += _threads.tmatmul(G[d:].reshape(-1, m), X[:T - d].reshape(-1, n))
     return out
 
 
