@@ -464,8 +464,8 @@ class _Emit:
     # -------------------------------------------------------------- forward
     def forward(self) -> str:
         grp = self.grp
-        # rows R0..R1-1 of the batch (NB rows): rows never meet in a step's forward, so
-        # the plan may run parts of the batch on threads of their own (_Threads.rows)
+        # rows R0..R1-1 of the batch (NB rows): rows never meet in a step, so the plan
+        # may run parts of the batch on threads of their own (Plan.parts)
         lines = [f"{JIT}", f"def forward(T0, T1, NB, OFF, R0, R1, {', '.join(self.fwd_sig())}):"]
         body = ["B = R1 - R0"]
         for n in grp.nodes:
@@ -1178,8 +1178,10 @@ class Plan:
 
 
 class _Threads:
-    """BLAS threads while a plan runs. Every GEMM runs on one thread unless it is big
-    (``BIG`` FLOPs in one call): then it gets the cores no other process is running on.
+    """Threads while a plan runs. Where the loops run in parts of the batch (``parts``,
+    Plan.parts), those are ours (``run``) and BLAS stays on one thread. Otherwise every
+    GEMM runs on one thread unless it is big (``BIG`` FLOPs in one call): then it gets
+    the cores no other process is running on.
     Threads that wait for each other on small GEMMs only spin, and when another process
     holds one of their cores they collapse (10-40x slower here, as torch's do). That
     covers the per-step GEMMs inside the loops and the hoisted ones (numpy's BLAS, and
