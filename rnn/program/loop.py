@@ -160,6 +160,7 @@ class Loop:
     src: str = ""
     flops: int = 0  # of the GEMMs of one step, per example
     width: int = 0  # numbers computed in one step, per example
+    own: list = field(default_factory=list)  # (role, name, width) of a part's own arrays
     rings: dict = field(default_factory=dict)  # value -> (steps, width) of its cotangent ring
 
 
@@ -838,6 +839,10 @@ class Plan:
             grp.flops = sum(2 * np.prod(step.params[n.args[0].name]) for n in grp.nodes
                             if n.op == "matvec")
             grp.width = sum(n.width for n in grp.nodes)
+            vec = {n.out: n.args[1].name for n in grp.nodes if n.op == "matvec"}
+            grp.own = [(role, name, step.widths.get(vec[name] if role == "xr" else name))
+                       for role, name in grp.bwd_args
+                       if role in ("gparam", "norm", "gmv", "xr", "ring")]
             grp.forward, grp.backward = mod.forward, mod.backward
 
     def summary(self) -> str:
@@ -994,7 +999,8 @@ class Plan:
         """BLAS on one thread while this plan runs over (T, B), bar big GEMMs (_Threads);
         the loops in parts of the batch where that pays (``parts``); nested uses set it
         once."""
-        return _threads.single(T * B * self.max_weight, self.parts(T, B))
+        mnk = T * B * self.max_weight
+        return _threads.single(mnk, self.parts(T, B) if mnk >= _threads.SERIAL else 1)
 
     def parts(self, T: int, B: int) -> int:
         """How many parts of the batch the loops run in, each on a core of its own with
@@ -1061,7 +1067,8 @@ class Plan:
                         np.zeros((T, B, w), self.dtype) if keep_adjoints
                         else np.empty((1, B, w), self.dtype))
             cuts = _threads.cuts(B)
-            own = [self._part_arrays(grp, params, T, R1 - R0, CH) for R0, R1 in cuts]
+            one = gparams if len(cuts) == 1 else None  # one part adds into them itself
+            own = [self._part_arrays(grp, params, T, R1 - R0, CH, one) for R0, R1 in cuts]
             for T0, T1 in reversed(windows.get(k, [(0, T)])):
                 feed = self.feeders[k] if T1 - T0 < T else ()
                 wadj = {n.out: np.zeros((T1 - T0, B, n.width), self.dtype) for n in feed
@@ -1069,7 +1076,7 @@ class Plan:
                 extra.update({("adj", name): a for name, a in wadj.items()})
                 calls = [partial(grp.backward, T, T0, T1, B, K, keep_adjoints, CH, T0, R0, R1,
                                  *self._args(grp.bwd_args, vals, params, init,
-                                             ChainMap(mine, extra), T, B))
+                                             {**extra, **mine}, T, B))
                          for (R0, R1), mine in zip(cuts, own)]
                 with _threads.gemm(grp.flops * B):
                     _threads.run(calls)
@@ -1077,7 +1084,7 @@ class Plan:
                     self._feeders_backward(feed, wadj, vals, params, init, gparams, ginit,
                                            adj_of, T0, T1, B)
             for role, name in grp.bwd_args:  # what the parts hold for the rows they ran
-                if role == "gparam":
+                if role == "gparam" and one is None:
                     gparams[name] += sum(mine[(role, name)] for mine in own)
                 elif role == "norm":
                     norms[name] = np.sqrt(sum(mine[(role, name)] for mine in own))
@@ -1085,17 +1092,17 @@ class Plan:
             kept = {}
         return gparams, ginit, norms, kept
 
-    def _part_arrays(self, grp: Loop, params: dict, T: int, B: int, CH: int) -> dict:
+    def _part_arrays(self, grp: Loop, params: dict, T: int, B: int, CH: int,
+                     gparams: dict | None) -> dict:
         """What one part of the batch (B rows) of a loop's backward keeps for itself: its
         parameters' cotangents and squared step norms (summed over the parts after), its
         rings (the cotangents sent to later-visited steps, the GMV and XR of a weight's
-        cotangent, _Emit.weight_grad)."""
+        cotangent, _Emit.weight_grad). The only part adds into ``gparams`` itself."""
         out = {}
-        vec = {n.out: n.args[1].name for n in grp.nodes if n.op == "matvec"}
-        for role, name in grp.bwd_args:
-            w = self.step.widths.get(vec[name] if role == "xr" else name)
+        for role, name, w in grp.own:
             if role == "gparam":
-                out[(role, name)] = np.zeros(np.shape(params[name]), self.dtype)
+                out[(role, name)] = (gparams[name] if gparams is not None
+                                     else np.zeros(np.shape(params[name]), self.dtype))
             elif role == "norm":
                 out[(role, name)] = np.zeros(T)
             elif role in ("gmv", "xr"):  # a GEMM's g, and the x it met (its vector's)
