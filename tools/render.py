@@ -825,4 +825,4 @@ def gradients(model, xs, targets, loss: str = "mse", at: str = "all", truncate=N
     prog, un = model.program(T, loss=loss, at=at, masked=mask is not None,
                              truncate=k if k and k < T else None)
     adj = {n: float(np.linalg.norm(a)) for n, a in res.adjoints.items()}
-    return _full(prog, T, dict(un.cell.graph.nodes(data="kind")), palette(un.cell), adj, title)
+    return _full(prog, T, un.kinds, palette(un.cell), adj, title)

@@ -1202,8 +1202,10 @@ class _Threads:
     BIG = 2e6  # small-lstm's 4.2 MFLOP per step: 0.81x time on 2 threads, the MGU's 1.6: 0.97x
     SERIAL = 65536 * 4
     SPLIT_MAX = 2 ** 24  # medium-lstm's 134 MFLOP: BLAS on 2 threads 105 ms, two halves 121
-    SPLIT_MIN = 200_000  # elements computed in a call, below which a thread costs more
-    PART_ROWS = 256  # rows of a sweep's GEMM below which it stays on one thread
+    # handing calls to the threads (``run``) costs about 50 us here: below these a part's
+    # saving (half of ~1 ns an element, of a GEMM at ~60 GFLOP/s) is not worth it
+    SPLIT_MIN = 200_000  # elements a loop computes in a call
+    PART_MNK = 4_000_000  # multiply-adds of a sweep's GEMM
     FRESH = 0.05  # seconds a reading of the free cores is used for
 
     def __init__(self):
@@ -1280,10 +1282,15 @@ class _Threads:
         n = min(self.parts, B) if self.depth else 1
         return [(B * k // n, B * (k + 1) // n) for k in range(n)]
 
+    def _gemm_cuts(self, a, b) -> list[tuple[int, int]]:
+        """Parts of the rows of ``a`` for a product with ``b`` (one if it is small)."""
+        n = a.shape[0]
+        return self.cuts(n) if n * a.shape[1] * b.shape[-1] >= self.PART_MNK else [(0, n)]
+
     def matmul(self, a, b):
         """a @ b, a part of a's rows on each thread where the loops run in parts (a
         sweep's GEMM over all T: BLAS stays on one thread then, see ``gemm``)."""
-        cuts = self.cuts(a.shape[0]) if a.shape[0] >= self.PART_ROWS else [(0, a.shape[0])]
+        cuts = self._gemm_cuts(a, b)
         if len(cuts) == 1:
             return a @ b
         out = np.empty((a.shape[0], b.shape[1]), np.result_type(a, b))
@@ -1292,7 +1299,7 @@ class _Threads:
 
     def tmatmul(self, a, b):
         """a.T @ b, summed over parts of the rows of a and b, as ``matmul``."""
-        cuts = self.cuts(a.shape[0]) if a.shape[0] >= self.PART_ROWS else [(0, a.shape[0])]
+        cuts = self._gemm_cuts(a, b)
         if len(cuts) == 1:
             return a.T @ b
         out = [None] * len(cuts)
