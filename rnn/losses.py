@@ -7,6 +7,7 @@ w = 1 / (number of counted elements).
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 
 import numpy as np
@@ -48,7 +49,8 @@ def mse_and_grad(y: np.ndarray, targets: np.ndarray, weights: np.ndarray):
     over y when all weights are equal (no mask): what the loss program computes, without
     its temporaries (the compiled path's loss; tests hold the two together)."""
     d = np.subtract(y, targets, out=np.empty_like(y))
-    if weights.size and weights.min() == weights.max():  # one weight for every element
+    if weights.size and (not any(weights.strides)  # one weight for every element
+                         or weights.min() == weights.max()):
         c = weights.flat[0]
         value = float(c * np.vdot(d, d))
         d *= 2 * c
@@ -82,14 +84,25 @@ def _append(b: Builder, y, lead: tuple, O: int, loss: str) -> Program:
 
 
 def loss_weights(loss: str, at: str, B: int, T: int, O: int, mask, dtype) -> np.ndarray:
-    """1/count for every counted element; masked steps count 0."""
-    if at == "all":
-        m = np.ones((B, T), dtype) if mask is None else mask.astype(dtype)
-    else:
-        m = np.ones((B,), dtype)
+    """1/count for every counted element; masked steps count 0. Without a mask (and at
+    "last", which counts every sequence): one number, read-only, broadcast to the shape
+    (so mse_and_grad sees at once that it is one)."""
     per = O if loss == "mse" else 1
-    w = m / (m.sum() * per)
+    if mask is None or at == "last":
+        lead = (B, T) if at == "all" else (B,)
+        t = np.dtype(dtype).type  # the same sums, in the same dtype, as with a mask
+        w = _broadcast(np.asarray(t(1) / (t(math.prod(lead)) * per)), lead)
+    else:
+        m = mask.astype(dtype)
+        w = m / (m.sum() * per)
     return w[..., None] if loss == "mse" else w
+
+
+def _broadcast(value: np.ndarray, shape: tuple) -> np.ndarray:
+    """np.broadcast_to(value, shape) of a 0-d array, in a fifth of its time."""
+    out = np.ndarray(shape, value.dtype, buffer=value, strides=(0,) * len(shape))
+    out.flags.writeable = False
+    return out
 
 
 def check_targets(loss: str, at: str, targets, B: int, T: int, O: int, dtype) -> np.ndarray:

@@ -161,6 +161,7 @@ class Loop:
     flops: int = 0  # of the GEMMs of one step, per example
     width: int = 0  # numbers computed in one step, per example
     own: list = field(default_factory=list)  # (role, name, width) of a part's own arrays
+    shared: list = field(default_factory=list)  # (role, name, width) of those parts share
     rings: dict = field(default_factory=dict)  # value -> (steps, width) of its cotangent ring
 
 
@@ -825,6 +826,7 @@ class Plan:
             self.needed |= em.bwd_ext
             em.live = live
         self.feeders = _feeders(step, self.groups, self.needed)
+        self._layouts: dict = {}
         symbol = blas.gemm_symbol(self.dtype)
         head = PRELUDE.format(dtype=self.dtype.name, kernels_hash=_KERNELS_HASH) + (
             GEMM_BLAS.format(symbol=symbol) if symbol else GEMM_NUMPY)
@@ -836,13 +838,15 @@ class Plan:
             consts = "".join(f"{c} = _F({v!r})\n" for v, c in em.lits.items())
             grp.src = head + consts + "\n\n" + fwd + "\n\n" + bwd
             mod = cache.load(grp.src, "loop")
-            grp.flops = sum(2 * np.prod(step.params[n.args[0].name]) for n in grp.nodes
+            grp.flops = sum(2 * math.prod(step.params[n.args[0].name]) for n in grp.nodes
                             if n.op == "matvec")
             grp.width = sum(n.width for n in grp.nodes)
             vec = {n.out: n.args[1].name for n in grp.nodes if n.op == "matvec"}
             grp.own = [(role, name, step.widths.get(vec[name] if role == "xr" else name))
                        for role, name in grp.bwd_args
                        if role in ("gparam", "norm", "gmv", "xr", "ring")]
+            grp.shared = [(role, name, step.widths.get(name)) for role, name in grp.bwd_args
+                          if role in ("seed", "adj", "ginit", "keep")]
             grp.forward, grp.backward = mod.forward, mod.backward
 
     def summary(self) -> str:
@@ -878,8 +882,8 @@ class Plan:
     def _forward(self, xs, params, init):
         T, B = next(iter(xs.values())).shape[:2]
         vals = dict(xs)
-        windows = self._windows(T, B)
-        deferred = self.deferred(windows)
+        windows, deferred, _ = self.layout(T, B)
+        params, init = self._checked(params), self._checked(init)
         for k, grp in enumerate(self.groups):
             if isinstance(grp, Sweep):
                 if grp.node.out not in deferred:
@@ -896,7 +900,7 @@ class Plan:
                     for n in self.feeders[k]:
                         self._sweep(n, win, params, init, T1 - T0, B)
                     cur = ChainMap({n.out: win[n.out] for n in self.feeders[k]}, vals)
-                args = self._args(grp.fwd_args, cur, params, init, made, T, B)
+                args = self._args(grp.fwd_args, cur, params, init, made)
                 with _threads.gemm(grp.flops * B):
                     _threads.run([partial(grp.forward, T0, T1, B, T0, R0, R1, *args)
                                   for R0, R1 in _threads.cuts(B)])
@@ -922,6 +926,18 @@ class Plan:
         vals[n.out] = np.ascontiguousarray(y).reshape(T, B, n.width)
 
     # ---- windows: a loop's feeders over a window of steps at a time
+    def layout(self, T: int, B: int) -> tuple:
+        """(windows, deferred, CH) of a run over (T, B): _windows, what they defer, the
+        steps of a weight-gradient chunk; kept for the last few shapes."""
+        key = (T, B)
+        out = self._layouts.get(key)
+        if out is None:
+            if len(self._layouts) >= 8:
+                self._layouts.clear()
+            windows = self._windows(T, B)
+            out = self._layouts[key] = (windows, self.deferred(windows), _chunk(T, B))
+        return out
+
     def _windows(self, T: int, B: int) -> dict:
         """{loop index: [(T0, T1), ...]} for the loops whose feeders would hold more
         than WINDOW_MIN bytes over all T: windows of about WINDOW bytes of them, whole
@@ -959,20 +975,28 @@ class Plan:
             v = _shift(v, init[a.name], a.delay)
         return v.reshape(T * B, -1)
 
-    def _args(self, roles, vals, params, init, extra, T, B):
+    def _checked(self, arrays: dict) -> dict:
+        """``arrays`` (parameters, initial values) as the loops take them: C-ordered, in
+        the plan's dtype (gradcheck may hand in a scalar or a view)."""
+        dt = self.dtype
+        if all(type(a) is np.ndarray and a.dtype == dt and a.flags.c_contiguous
+               for a in arrays.values()):
+            return arrays
+        return {k: np.require(a, dt, "C") for k, a in arrays.items()}
+
+    def _args(self, roles, vals, params, init, extra):
+        """The arrays a loop takes, by role: values, initial values and parameters
+        (``_checked``), the rest from ``extra`` ((role, name) -> array)."""
+        src = {"val": vals, "ext": vals, "init": init, "param": params}
         out = []
         for role, name in roles:
-            if role in ("val", "ext"):
-                out.append(vals[name])
-            elif role in ("init", "param"):  # gradcheck may hand in a scalar or a view
-                a = (init if role == "init" else params)[name]
-                ok = type(a) is np.ndarray and a.dtype == self.dtype and a.flags.c_contiguous
-                out.append(a if ok else np.require(a, self.dtype, "C"))
-            elif role == "paramT":  # once per call: a loop's forward over windows reuses it
-                if (role, name) not in extra:  # a fresh copy: a (n, 1) view's strides
-                    extra[(role, name)] = np.array(np.asarray(params[name]).T,  # are odd
-                                                   dtype=self.dtype, order="C")
-                out.append(extra[(role, name)])
+            d = src.get(role)
+            if d is not None:
+                out.append(d[name])
+            elif role == "paramT" and (role, name) not in extra:  # once per call: a loop's
+                # forward over windows reuses it; a fresh copy: a (n, 1) view's strides
+                a = extra[(role, name)] = np.array(params[name].T, order="C")  # are odd
+                out.append(a)
             else:
                 out.append(extra[(role, name)])
         return out
@@ -1019,6 +1043,7 @@ class Plan:
     def _backward(self, vals, seeds, params, init, truncate, keep_adjoints):
         T, B = next(v for v in vals.values() if v.ndim == 3).shape[:2]
         K = truncate or 0
+        params, init = self._checked(params), self._checked(init)
         # the seeds are read where they are, copied only before something adds into one
         adj = {k: np.asarray(v, self.dtype) for k, v in seeds.items()}
         self._borrowed = {id(_base(v)) for v in adj.values()}
@@ -1027,9 +1052,7 @@ class Plan:
                  if s not in self.step.inputs}
         norms, kept = {}, {}
         step = self.step
-        CH = _chunk(T, B)
-        windows = self._windows(T, B)
-        deferred = self.deferred(windows)
+        windows, deferred, CH = self.layout(T, B)
 
         def adj_of(name):
             if name not in adj:
@@ -1053,8 +1076,7 @@ class Plan:
                 self._sweep_backward(n, g, vals, params, init, gparams, ginit, adj, K, T, B)
                 continue
             extra = {}
-            for role, name in grp.bwd_args:
-                w = step.widths.get(name)
+            for role, name, w in grp.shared:
                 if role == "seed":  # what later groups and the loss sent back to this node
                     extra[(role, name)] = adj[name] if name in adj else np.zeros(
                         (T, B, w), self.dtype)
@@ -1076,18 +1098,21 @@ class Plan:
                 extra.update({("adj", name): a for name, a in wadj.items()})
                 calls = [partial(grp.backward, T, T0, T1, B, K, keep_adjoints, CH, T0, R0, R1,
                                  *self._args(grp.bwd_args, vals, params, init,
-                                             {**extra, **mine}, T, B))
+                                             {**extra, **mine}))
                          for (R0, R1), mine in zip(cuts, own)]
                 with _threads.gemm(grp.flops * B):
                     _threads.run(calls)
                 if feed:
                     self._feeders_backward(feed, wadj, vals, params, init, gparams, ginit,
                                            adj_of, T0, T1, B)
-            for role, name in grp.bwd_args:  # what the parts hold for the rows they ran
+            for role, name, _ in grp.own:  # what the parts hold for the rows they ran
                 if role == "gparam" and one is None:
                     gparams[name] += sum(mine[(role, name)] for mine in own)
                 elif role == "norm":
-                    norms[name] = np.sqrt(sum(mine[(role, name)] for mine in own))
+                    sq = own[0][(role, name)]
+                    for mine in own[1:]:
+                        sq += mine[(role, name)]
+                    norms[name] = np.sqrt(sq, out=sq)
         if not keep_adjoints:
             kept = {}
         return gparams, ginit, norms, kept
@@ -1291,8 +1316,8 @@ class _Threads:
         """a @ b, a part of a's rows on each thread where the loops run in parts (a
         sweep's GEMM over all T: BLAS stays on one thread then, see ``gemm``)."""
         cuts = self._gemm_cuts(a, b)
-        if len(cuts) == 1:
-            return a @ b
+        if len(cuts) == 1:  # (numpy's matmul runs an inner size of 1 in a plain loop, at
+            return np.dot(a, b) if a.shape[1] == 1 else a @ b  # a fifth of dot's speed)
         out = np.empty((a.shape[0], b.shape[1]), np.result_type(a, b))
         self.run([partial(np.matmul, a[r0:r1], b, out=out[r0:r1]) for r0, r1 in cuts])
         return out
