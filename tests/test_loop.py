@@ -436,7 +436,7 @@ def test_a_fixed_blas_thread_count_ignores_the_load(monkeypatch):
     got = th.gemm(1e12)
     assert isinstance(got, loop._Full) and got.cores == 2  # busy machine: still two
     assert th.gemm(1.0) is loop._NOTHING  # small: one
-    th.parts = 2  # the loops run in parts of the batch: those threads are ours
+    th.split = 2  # the loops run in parts of the batch: those threads are ours
     assert th.gemm(1e12) is loop._NOTHING and th.cuts(5) == [(0, 2), (2, 5)]
 
 

@@ -848,6 +848,9 @@ class Plan:
             grp.shared = [(role, name, step.widths.get(name)) for role, name in grp.bwd_args
                           if role in ("seed", "adj", "ginit", "keep")]
             grp.forward, grp.backward = mod.forward, mod.backward
+        loops = [g for g in self.groups if isinstance(g, Loop)]  # (biggest GEMM, width)
+        self._loop_sizes = (max((g.flops for g in loops), default=0),
+                            sum(g.width for g in loops))
 
     def summary(self) -> str:
         """The plan, a line per group: sweeps over all T, and each loop's nodes."""
@@ -1034,9 +1037,9 @@ class Plan:
         core (small-lstm: 17-39 ms from run to run on 2 threads); in parts, a busy core
         slows its own part only. Bigger steps (medium-lstm: 2 threads 105 ms a forward,
         two parts 121), a small batch or little work: one part, BLAS's threads."""
-        loops = [g for g in self.groups if isinstance(g, Loop)]
-        if B < 2 or not loops or max(g.flops for g in loops) * B >= _threads.SPLIT_MAX or \
-                T * B * sum(g.width for g in loops) < _threads.SPLIT_MIN:
+        flops, width = self._loop_sizes
+        if B < 2 or not width or flops * B >= _threads.SPLIT_MAX or \
+                T * B * width < _threads.SPLIT_MIN:
             return 1
         return _threads.cores()
 
@@ -1243,7 +1246,7 @@ class _Threads:
         self.fixed = max(int(fixed), 1) if fixed.isdigit() else None
         self.old = []
         self.pool = None  # threads for parts of a batch (rows), started at first need
-        self.parts = 1  # parts of the batch the loops run in, inside ``single``
+        self.split = 1  # parts of the batch the loops run in, inside ``single``
 
     def _find(self):
         import scipy.linalg.cython_blas  # noqa: F401 - load the BLAS the loops call first
@@ -1287,7 +1290,7 @@ class _Threads:
         """Inside ``single``: the free cores for one big GEMM, unless the loops run in
         parts of the batch: those threads are ours, and BLAS's would only spin beside
         them (OpenBLAS's wait after a call), so every GEMM stays on one thread."""
-        if flops < self.BIG or self.depth == 0 or self.parts > 1:
+        if flops < self.BIG or self.depth == 0 or self.split > 1:
             return _NOTHING
         free = self.cores()
         return _NOTHING if free < 2 else _Full(self, free)
@@ -1304,7 +1307,7 @@ class _Threads:
 
     def cuts(self, B: int) -> list[tuple[int, int]]:
         """The rows (R0, R1) of each part of a batch of B the loops run in."""
-        n = min(self.parts, B) if self.depth else 1
+        n = min(self.split, B) if self.depth else 1
         return [(B * k // n, B * (k + 1) // n) for k in range(n)]
 
     def _gemm_cuts(self, a, b) -> list[tuple[int, int]]:
@@ -1363,7 +1366,7 @@ class _Single:
                 th._find()
             th.old = [lib.get_num_threads() for lib in th.libs]
             th._set([1] * len(th.libs))
-            th.parts = self.parts
+            th.split = self.parts
         th.depth += 1
 
     def __exit__(self, *exc):
