@@ -175,3 +175,29 @@ def test_busy_process_does_not_outlive_the_bench(how):
         bench_proc.wait()
         if "pid" in locals() and not gone(pid):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_contenders_are_timed_in_turns_taken_in_rotation(capsys):
+    """A spell of outside load falls on every contender: each is timed in ROUNDS turns,
+    one contender after the other; a peer that fails in a later turn is dropped."""
+    calls, turn = [], {}
+
+    def step(name, fail_in=None):
+        def f():
+            if not calls or calls[-1] != name:
+                turn[name] = turn.get(name, 0) + 1
+            calls.append(name)
+            if turn[name] == fail_in:
+                raise RuntimeError("broke")
+        return f
+
+    skipped = {}
+    steps = [("unroll", step("unroll")), ("torch-fused", step("torch-fused")),
+             ("jax-scan", step("jax-scan", fail_in=2))]
+    rows = bench._time_all("toy", TOY["toy-lstm"], steps, 1.0, 0.003, 1, skipped)
+    turns = [c for k, c in enumerate(calls) if k == 0 or calls[k - 1] != c]
+    assert turns[:6] == ["unroll", "torch-fused", "jax-scan"] * 2  # it broke in its 2nd
+    assert turns.count("unroll") == turns.count("torch-fused") == bench.ROUNDS
+    assert set(rows) == {"unroll", "torch-fused"} and "broke" in skipped["jax-scan"]
+    assert all(r["runs"] >= bench.ROUNDS for r in rows.values())
+    assert "jax-scan          skipped: failed: RuntimeError: broke" in capsys.readouterr().out

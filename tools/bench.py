@@ -52,6 +52,7 @@ DTYPES = ("float32", "float64")
 OURS, REFERENCE = "unroll", "unroll-reference"
 LR = 1e-3
 SETTLE = 0.5  # seconds between contenders: torch's OpenMP and XLA's pools spin after work
+ROUNDS = 3  # turns each contender is timed in, interleaved (_time_all)
 
 # the minimal gated unit (Zhou et al. 2016), written as a user writes a custom cell
 MGU = """
@@ -242,19 +243,28 @@ def contenders(name: str, w: Workload, dtype: str, peers, said: set, skipped: di
 
 
 def _time_all(name, w, steps, peak, budget, warmup, skipped) -> dict:
-    rows = {}
-    for contender, step in steps:
-        time.sleep(SETTLE)  # the previous contender's thread pools stop spinning first
-        try:
-            times = measure(step, budget, warmup=warmup)
-        except Exception as e:  # noqa: BLE001
-            if contender in (OURS, REFERENCE):
-                raise
-            skipped[contender] = f"failed: {_oneline(e)}"
-            print(f"{name:12s} {contender:17s} skipped: {skipped[contender]}", flush=True)
-            continue
-        rows[contender] = _row(name, contender, times, gemm_flops(w), peak)
-    return rows
+    """Time each contender for ``budget`` seconds in all, in ROUNDS turns: contender
+    after contender, then again, so that a spell of load from outside this process
+    (another user, another virtual machine on the host) falls on all of them, not on
+    whoever was being timed then. Each turn warms its contender up again first."""
+    times: dict = {c: [] for c, _ in steps}
+    per_turn = budget / ROUNDS
+    for turn in range(ROUNDS):
+        for contender, step in steps:
+            if contender in skipped:
+                continue
+            # the previous contender's thread pools stop spinning first (a toy budget:
+            time.sleep(min(SETTLE, per_turn))  # no settling worth its wait)
+            try:
+                times[contender] += measure(step, per_turn, warmup=warmup if turn == 0 else 1,
+                                            min_runs=1, max_runs=-(-100 // ROUNDS))
+            except Exception as e:  # noqa: BLE001
+                if contender in (OURS, REFERENCE):
+                    raise
+                skipped[contender] = f"failed: {_oneline(e)}"
+                print(f"{name:12s} {contender:17s} skipped: {skipped[contender]}", flush=True)
+    return {c: _row(name, c, t, gemm_flops(w), peak) for c, t in times.items()
+            if c not in skipped}
 
 
 def run(names, dtype: str = "float32", busy: bool = False, json_path=None,
@@ -283,8 +293,9 @@ def run(names, dtype: str = "float32", busy: bool = False, json_path=None,
         for lib, line in peers.versions().items():
             res["libraries"][lib] = line
             print(line)
-    print(f"median after warm-up, each contender timed for about {budget:g} s (at least "
-          f"3 runs, at most {3 * budget:g} s); GFLOP/s: "
+    print(f"median after warm-up, each contender timed for about {budget:g} s in "
+          f"{ROUNDS} turns taken in rotation (at least {ROUNDS} runs, at most "
+          f"{3 * budget:g} s); GFLOP/s: "
           f"the GEMMs only (3 x forward); ratio: unroll / fastest peer (> 1: unroll is "
           f"slower)\n", flush=True)
     print(HEAD)
