@@ -681,7 +681,7 @@ class _Emit:
                 loop += ["s = 0.0", "for b in range(B):", f"    for j in range({n.width}):",
                          f"        s += g{i}[b, j] * g{i}[b, j]",
                          f"NORM{i}[t] = s", "if KEEP_ADJ:",
-                         f"    KEEP{i}[t, R0:R1] = g{i}"]
+                         *_indent(_loop2(n.width, [f"KEEP{i}[t, R0 + b, j] = g{i}[b, j]"]))]
             if n.out in self.live:
                 loop += self.bwd_node(n)
         for n in grp.nodes:
@@ -697,10 +697,13 @@ class _Emit:
         them did once, without holding all T."""
         i, (W, x) = self.idx[n.out], n.args
         G, X, P, d = f"GMV{i}", f"XR{i}", f"GP{self.params[W.name]}", x.delay
-        now = f"{self.arr(x.name)}[t - {d}][R0:R1]"
-        fill = ([f"{X}[t % CH] = {now}"] if not d else
-                [f"if t >= {d}:", f"    {X}[t % CH] = {now}", "else:",
-                 f"    {X}[t % CH] = I_{self.tag(x.name)}[R0:R1]"])
+        # copied element by element: Numba compiles an array assignment's shape-error
+        # message with it, 3-5 s of string code on a new cell's first call
+        w = self.step.widths[x.name]
+        now = _loop2(w, [f"{X}[t % CH, b, j] = {self.arr(x.name)}[t - {d}, R0 + b, j]"])
+        fill = now if not d else [
+            f"if t >= {d}:", *_indent(now), "else:",
+            *_indent(_loop2(w, [f"{X}[t % CH, b, j] = I_{self.tag(x.name)}[R0 + b, j]"]))]
         return fill + [f"if t % CH == 0:  # steps t .. t + n - 1 are done: {P} += their g^T x",
                        f"    _mtm({G}, 0, {X}, 0, min(CH, T - t) * B, {P})"]
 
@@ -737,7 +740,9 @@ class _Emit:
                     out.append(f"        a{self.idx[a.name]} += {expr}")
                 else:
                     out += ["        " + ln for ln in self.add_into(a, expr, "j", w)]
-        out += [f"NORM{self.idx[n.out]}[t] = N{self.idx[n.out]}.sum()" for n in states]
+        for n in states:  # (a loop: Numba's sum() is compiled anew for each new cell)
+            i = self.idx[n.out]
+            out += ["s = 0.0", f"for j in range({w}):", f"    s += N{i}[j]", f"NORM{i}[t] = s"]
         return out
 
     def add_into(self, a: Arg, expr: str, col: str, w_out: int) -> list[str]:
@@ -790,6 +795,10 @@ class _Emit:
                     f"    gm = gm / _F({w})", f"    gy = gy / _F({w})",
                     f"    for j in range({w}):", *["        " + ln for ln in add]]
         raise Unsupported(n.op)
+
+
+def _indent(lines: list[str]) -> list[str]:
+    return ["    " + ln for ln in lines]
 
 
 def _loop2(width: int, body: list[str]) -> list[str]:
