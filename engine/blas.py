@@ -23,6 +23,7 @@ import sys
 import numba
 import numpy as np
 from numba import types
+from numba.extending import overload
 
 # CBLAS enums
 ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
@@ -139,3 +140,67 @@ def small_gemm(a, b, c, trans_b, beta):
         for r in range(q, k):
             for j in range(n):
                 c[i, j] += a[i, r] * b[r, j]
+
+
+# ---- the GEMMs the generated loops call (rnn/program/loop.py), compiled and cached here
+# once, not again in every cell's module
+def _xgemm(order, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+    """CBLAS gemm of alpha's precision; compiled code only (where SGEMM / DGEMM are)."""
+    raise NotImplementedError("_xgemm runs in compiled code")
+
+
+@overload(_xgemm)
+def _ol_xgemm(order, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+    routine = SGEMM if alpha == types.float32 else DGEMM
+
+    def impl(order, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+        routine(order, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+    return impl
+
+
+@numba.njit(cache=True, nogil=True)
+def gemm(a, b, c, trans_b, beta):
+    """c = a @ (b.T if trans_b else b) + beta * c (beta 0 or 1) for row-major 2-d arrays:
+    a tiny product in small_gemm, others by numpy's BLAS (``gemm_symbol`` registered it)."""
+    if a.strides[1] != a.itemsize or b.strides[1] != b.itemsize or \
+            c.strides[1] != c.itemsize:
+        raise ValueError("unroll: a GEMM operand is not row-major")
+    if a.shape[0] * a.shape[1] * c.shape[1] <= SMALL:
+        small_gemm(a, b, c, trans_b, beta)
+        return
+    _xgemm(ROW_MAJOR, NO_TRANS, TRANS if trans_b else NO_TRANS, a.shape[0], c.shape[1],
+           a.shape[1], c.dtype.type(1), a.ctypes.data, a.strides[0] // a.itemsize,
+           b.ctypes.data, b.strides[0] // b.itemsize, beta, c.ctypes.data,
+           c.strides[0] // c.itemsize)
+
+
+@numba.njit(cache=True, nogil=True)
+def gemm_tn(a, a0, b, b0, rows, c):
+    """c += a[a0:a0+rows].T @ b[b0:b0+rows], rows of C-ordered a, b of any rank (rows of
+    their last axis), c row-major: a weight's cotangent from a chunk of steps."""
+    m, k = a.shape[-1], b.shape[-1]
+    if a.strides[-1] != a.itemsize or b.strides[-1] != b.itemsize or \
+            c.strides[-1] != c.itemsize or \
+            a.strides[0] * a.shape[0] != a.size * a.itemsize or \
+            b.strides[0] * b.shape[0] != b.size * b.itemsize:
+        raise ValueError("unroll: a GEMM operand is not in C order")
+    one = c.dtype.type(1)
+    _xgemm(ROW_MAJOR, TRANS, NO_TRANS, m, k, rows, one, a.ctypes.data + a0 * m * a.itemsize,
+           m, b.ctypes.data + b0 * k * b.itemsize, k, one, c.ctypes.data,
+           c.strides[0] // c.itemsize)
+
+
+# where no BLAS routine is to be had (and with the JIT off): the same through np.dot
+@numba.njit(cache=True, nogil=True)
+def dot_gemm(a, b, c, trans_b, beta):
+    p = np.dot(a, b.T) if trans_b else np.dot(a, b)
+    if beta == 0:
+        c[:] = p
+    else:
+        c += p
+
+
+@numba.njit(cache=True, nogil=True)
+def dot_gemm_tn(a, a0, b, b0, rows, c):
+    c += np.dot(a.reshape(-1, a.shape[-1])[a0:a0 + rows].T,
+                b.reshape(-1, b.shape[-1])[b0:b0 + rows])

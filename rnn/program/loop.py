@@ -310,54 +310,16 @@ from engine.kernels import scalar_tanh as _tanh
 ONE = _F(1.0)
 ZERO = _F(0.0)
 '''
-# c = a @ (b.T if trans_b else b) + beta * c (beta 0 or 1), for row-major (B, w) arrays:
-# a tiny product in our own loop, others by numpy's BLAS, else by np.dot
-GEMM_BLAS = '''
-from engine.blas import SMALL as _SMALL
-from engine.blas import {symbol} as _GEMM
-from engine.blas import small_gemm as _small_gemm
-
-
-@numba.njit(cache=True, nogil=True)
-def _mm(a, b, c, trans_b, beta):
-    if a.strides[1] != a.itemsize or b.strides[1] != b.itemsize or \\
-            c.strides[1] != c.itemsize:
-        raise ValueError("unroll: a GEMM operand is not row-major")
-    if a.shape[0] * a.shape[1] * c.shape[1] <= _SMALL:
-        _small_gemm(a, b, c, trans_b, beta)
-        return
-    _GEMM(101, 111, 112 if trans_b else 111, a.shape[0], c.shape[1], a.shape[1], ONE,
-          a.ctypes.data, a.strides[0] // a.itemsize, b.ctypes.data, b.strides[0] // b.itemsize,
-          beta, c.ctypes.data, c.strides[0] // c.itemsize)
-
-
-@numba.njit(cache=True, nogil=True)
-def _mtm(a, a0, b, b0, rows, c):
-    """c += a[a0:a0+rows].T @ b[b0:b0+rows], rows of C-ordered a, b of any rank."""
-    m, k = a.shape[-1], b.shape[-1]
-    if a.strides[-1] != a.itemsize or b.strides[-1] != b.itemsize or \\
-            a.strides[0] * a.shape[0] != a.size * a.itemsize or \\
-            b.strides[0] * b.shape[0] != b.size * b.itemsize:
-        raise ValueError("unroll: a GEMM operand is not in C order")
-    _GEMM(101, 112, 111, m, k, rows, ONE, a.ctypes.data + a0 * m * a.itemsize, m,
-          b.ctypes.data + b0 * k * b.itemsize, k, ONE, c.ctypes.data, c.strides[0] // c.itemsize)
-'''
-GEMM_NUMPY = '''
-
-@numba.njit(cache=True, nogil=True)
-def _mm(a, b, c, trans_b, beta):
-    p = np.dot(a, b.T) if trans_b else np.dot(a, b)
-    if beta == ZERO:
-        c[:] = p
-    else:
-        c += p
-
-
-@numba.njit(cache=True, nogil=True)
-def _mtm(a, a0, b, b0, rows, c):
-    a2 = a.reshape(-1, a.shape[-1])[a0:a0 + rows]
-    c += np.dot(a2.T, b.reshape(-1, b.shape[-1])[b0:b0 + rows])
-'''
+# c = a @ (b.T if trans_b else b) + beta * c, and c += a.T @ b over rows of a chunk:
+# engine/blas.py's, through numpy's BLAS, else through np.dot
+GEMM_BLAS = """
+from engine.blas import gemm as _mm
+from engine.blas import gemm_tn as _mtm
+"""
+GEMM_NUMPY = """
+from engine.blas import dot_gemm as _mm
+from engine.blas import dot_gemm_tn as _mtm
+"""
 JIT = '@numba.njit(cache=True, nogil=True, error_model="numpy")'
 
 
@@ -838,7 +800,7 @@ class Plan:
         self._layouts: dict = {}
         symbol = blas.gemm_symbol(self.dtype)
         head = PRELUDE.format(dtype=self.dtype.name, kernels_hash=_KERNELS_HASH) + (
-            GEMM_BLAS.format(symbol=symbol) if symbol else GEMM_NUMPY)
+            GEMM_BLAS if symbol else GEMM_NUMPY)
         for k, em in emit.items():
             grp = em.grp
             em.windowed = {n.out for n in self.feeders.get(k, ())} & set(em.ext)
