@@ -201,3 +201,19 @@ def test_contenders_are_timed_in_turns_taken_in_rotation(capsys):
     assert set(rows) == {"unroll", "torch-fused"} and "broke" in skipped["jax-scan"]
     assert all(r["runs"] >= bench.ROUNDS for r in rows.values())
     assert "jax-scan          skipped: failed: RuntimeError: broke" in capsys.readouterr().out
+
+
+def test_a_slow_contender_stops_at_the_hard_cap():
+    """A step slower than 3 x the budget (torch-loop beside a busy process: 72 s a run)
+    is run once after its warm-up, not once in every turn."""
+    calls = []
+
+    def slow():
+        calls.append("slow")
+        time.sleep(0.02)
+
+    steps = [("unroll", lambda: calls.append("unroll")), ("torch-loop", slow)]
+    rows = bench._time_all("toy", TOY["toy-lstm"], steps, 1.0, 0.003, 1, {})
+    assert calls.count("slow") == 2 and rows["torch-loop"]["runs"] == 1
+    assert rows["unroll"]["runs"] >= bench.ROUNDS
+    assert calls[-1] == "unroll"  # its later turns went on without the slow one

@@ -127,12 +127,12 @@ def _oneline(e: BaseException) -> str:
 def measure(step, budget: float, warmup: int = 2, min_runs: int = 3,
             max_runs: int = 100) -> list[float]:
     """Seconds of each timed run: ``warmup`` untimed calls (more while under 0.5 s in
-    all, at most 20), then timed runs until ``budget`` seconds are spent; at least
+    all, at most 20; none for 0), then timed runs until ``budget`` seconds are spent; at least
     ``min_runs`` of them unless that passes the hard cap of 3 x ``budget`` (a slow step
     gets one or two runs), at most ``max_runs``."""
     start = time.perf_counter()
     for k in range(20):
-        if k >= warmup and time.perf_counter() - start > min(0.5, budget):
+        if k >= warmup and (not warmup or time.perf_counter() - start > min(0.5, budget)):
             break
         step()
     times = []
@@ -246,18 +246,22 @@ def _time_all(name, w, steps, peak, budget, warmup, skipped) -> dict:
     """Time each contender for ``budget`` seconds in all, in ROUNDS turns: contender
     after contender, then again, so that a spell of load from outside this process
     (another user, another virtual machine on the host) falls on all of them, not on
-    whoever was being timed then. Each turn warms its contender up again first."""
+    whoever was being timed then. Each turn warms its contender up again first, unless
+    one run takes longer than a turn; one whose runs took 3 x ``budget`` (the hard cap,
+    a step of seconds beside a busy process) has had its turns."""
     times: dict = {c: [] for c, _ in steps}
     per_turn = budget / ROUNDS
     for turn in range(ROUNDS):
         for contender, step in steps:
-            if contender in skipped:
+            t = times[contender]
+            if contender in skipped or sum(t) >= 3 * budget:  # a slow one: enough runs
                 continue
             # the previous contender's thread pools stop spinning first (a toy budget:
             time.sleep(min(SETTLE, per_turn))  # no settling worth its wait)
+            again = 1 if max(t, default=0) < per_turn else 0  # warm-up after a turn off
             try:
-                times[contender] += measure(step, per_turn, warmup=warmup if turn == 0 else 1,
-                                            min_runs=1, max_runs=-(-100 // ROUNDS))
+                t += measure(step, per_turn, warmup=again if turn else warmup, min_runs=1,
+                             max_runs=-(-100 // ROUNDS))
             except Exception as e:  # noqa: BLE001
                 if contender in (OURS, REFERENCE):
                     raise
