@@ -87,6 +87,12 @@ def test_bench_with_the_peers_that_are_installed(capsys, one_torch_thread):
             assert wl["best_peer"] == best
             assert wl["unroll_over_best_peer"] == pytest.approx(
                 row["median_ms"] / wl["contenders"][best]["median_ms"])
+            turns = wl["contenders"][best]["turn_medians_ms"]  # and turn by turn
+            assert len(row["turn_medians_ms"]) == len(turns) == bench.ROUNDS
+            assert wl["unroll_over_best_peer_by_turn"] == pytest.approx(
+                [a / b for a, b in zip(row["turn_medians_ms"], turns)])
+            assert f"{name:12s} unroll / best peer: {wl['unroll_over_best_peer']:.2f} (turn " \
+                   f"by turn {wl['unroll_over_best_peer_by_turn'][0]:.2f}, " in out
     why = res["workloads"]["toy-mgu"]["skipped"]["torch-fused"]  # there is no nn.MGU
     assert why == "torch has no fused module for mgu" or "is not installed" in why
 

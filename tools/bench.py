@@ -212,14 +212,24 @@ def _terminate(signum, frame):
 HEAD = f"{'workload':12s} {'contender':17s} {'median ms':>10s} {'GFLOP/s':>9s} {'% peak':>7s}  runs"
 
 
-def _row(name: str, contender: str, times: list[float], flops: float, peak: float) -> dict:
+def _row(name: str, contender: str, turns: list[list[float]], flops: float,
+         peak: float) -> dict:
+    times = [t for ts in turns for t in ts]
     med = statistics.median(times)
     gf = flops / med / 1e9
     row = {"median_ms": med * 1e3, "gflops": gf, "pct_peak": 100 * gf / peak,
-           "runs": len(times), "times_ms": [t * 1e3 for t in times]}
+           "runs": len(times), "times_ms": [t * 1e3 for t in times],
+           "turn_medians_ms": [statistics.median(ts) * 1e3 for ts in turns]}
     print(f"{name:12s} {contender:17s} {row['median_ms']:10.2f} {gf:9.2f} "
           f"{row['pct_peak']:6.1f}%  {len(times):4d}", flush=True)
     return row
+
+
+def turn_ratios(rows: dict, best: str) -> list[float]:
+    """unroll / ``best`` in each turn both were timed in (their medians there): how far
+    the ratio moves within one run, with the load from outside."""
+    return [a / b for a, b in zip(rows[OURS]["turn_medians_ms"],
+                                  rows[best]["turn_medians_ms"])]
 
 
 def contenders(name: str, w: Workload, dtype: str, peers, said: set, skipped: dict):
@@ -249,25 +259,25 @@ def _time_all(name, w, steps, peak, budget, warmup, skipped) -> dict:
     whoever was being timed then. Each turn warms its contender up again first, unless
     one run takes longer than a turn; one whose runs took 3 x ``budget`` (the hard cap,
     a step of seconds beside a busy process) has had its turns."""
-    times: dict = {c: [] for c, _ in steps}
+    turns: dict = {c: [] for c, _ in steps}  # each turn's run times, per contender
     per_turn = budget / ROUNDS
     for turn in range(ROUNDS):
         for contender, step in steps:
-            t = times[contender]
+            t = [x for ts in turns[contender] for x in ts]
             if contender in skipped or sum(t) >= 3 * budget:  # a slow one: enough runs
                 continue
             # the previous contender's thread pools stop spinning first (a toy budget:
             time.sleep(min(SETTLE, per_turn))  # no settling worth its wait)
             again = 1 if max(t, default=0) < per_turn else 0  # warm-up after a turn off
             try:
-                t += measure(step, per_turn, warmup=again if turn else warmup, min_runs=1,
-                             max_runs=-(-100 // ROUNDS))
+                turns[contender].append(measure(step, per_turn, warmup=again if turn else warmup,
+                                                min_runs=1, max_runs=-(-100 // ROUNDS)))
             except Exception as e:  # noqa: BLE001
                 if contender in (OURS, REFERENCE):
                     raise
                 skipped[contender] = f"failed: {_oneline(e)}"
                 print(f"{name:12s} {contender:17s} skipped: {skipped[contender]}", flush=True)
-    return {c: _row(name, c, t, gemm_flops(w), peak) for c, t in times.items()
+    return {c: _row(name, c, ts, gemm_flops(w), peak) for c, ts in turns.items()
             if c not in skipped}
 
 
@@ -311,15 +321,18 @@ def run(names, dtype: str = "float32", busy: bool = False, json_path=None,
         steps = contenders(name, w, dtype, peers, said, skipped)
         rows = _time_all(name, w, steps, peak, budget, 2, skipped)
         ratio, best = best_peer({k: r["median_ms"] for k, r in rows.items()})
+        by_turn = turn_ratios(rows, best) if best else []
         if ratio is None:
             print(f"{name:12s} unroll / best peer: n/a (no peer ran)", flush=True)
         else:
-            print(f"{name:12s} unroll / best peer: {ratio:.2f} (best peer {best}, "
+            print(f"{name:12s} unroll / best peer: {ratio:.2f} (turn by turn "
+                  f"{', '.join(f'{r:.2f}' for r in by_turn)}; best peer {best}, "
                   f"{rows[best]['median_ms']:.2f} ms; unroll at "
                   f"{rows[OURS]['pct_peak']:.1f}% of peak)", flush=True)
         res["workloads"][name] = {
             **w._asdict(), "gemm_flops": gemm_flops(w), "contenders": rows,
-            "skipped": skipped, "best_peer": best, "unroll_over_best_peer": ratio}
+            "skipped": skipped, "best_peer": best, "unroll_over_best_peer": ratio,
+            "unroll_over_best_peer_by_turn": by_turn}
         if busy:  # the busy pass reruns the same, warm steps
             kept[name] = steps
     if busy:
