@@ -186,7 +186,8 @@ def _run(model, xs, targets, weights, loss, at, initial_state, k, mask, executor
                                                keep_adjoints, carried, train)
     B = xs.shape[0]
     grads = {p: adj[p] if p in adj else np.zeros_like(v) for p, v in model._params.items()}
-    per_layer = {n: adj.get(f"{n}@init", np.zeros((B, model.cell.states[s]), model.dtype))
+    per_layer = {n: adj[k] if (k := f"{n}@init") in adj else
+                 np.zeros((B, model.cell.states[s]), model.dtype)
                  for s in model.cell.states for n in model.layer_names(s)}
     given = set(initial_state or {})
     for s in model.learn_initial:  # one learned vector, broadcast over the batch
@@ -221,7 +222,7 @@ def _run_plan(model, plan, xs, targets, weights, loss, at, initial_state, k, mas
                                                     truncate=k, keep_adjoints=keep_adjoints)
     adj = {**gparams, **{f"{n}@init": g for n, g in ginit.items()}}
     states = model.full.states
-    norms = {n: norms.get(n, np.zeros(T)) for n in states}
+    norms = {n: norms[n] if n in norms else np.zeros(T) for n in states}
     kept = {f"{n}@{t}": a[t] for n, a in kept.items() if n in states for t in range(T)}
     final = {n: vals[n][-1] for n in states}
     return lval, adj, norms, vals[out].transpose(1, 0, 2), final, kept
