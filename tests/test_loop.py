@@ -530,3 +530,20 @@ def test_a_new_cell_compiles_its_loops_and_no_string_code(tmp_path):
         assert any(s.endswith(".backward") for s in seen)  # it did compile the loops
         strings = [s for s in seen if "unicode" in s or "shape_context" in s or "str" in s]
         assert not strings, strings
+
+
+def test_a_state_no_run_computes_keeps_its_adjoints_in_parts(rows):
+    """h = softmax(...): a state made by an op outside the fused runs, its adjoint
+    kept step by step (keep_adjoints) and its norms, in parts of the batch."""
+    cell = Cell.from_equations("h = softmax(W @ x + U @ h[t-1] + b)", inputs={"x": 3},
+                               states={"h": 4})
+    m = Model(cell, seed=1)
+    rng = np.random.default_rng(0)
+    xs, ys = rng.standard_normal((5, 6, 3)), rng.standard_normal((5, 6, 4))
+    agree(m, xs, ys)
+    a = rnn.bptt(m, xs, ys, executor="reference", keep_adjoints=True)
+    b = rnn.bptt(m, xs, ys, keep_adjoints=True)
+    assert rows[0] == 3
+    for t in range(6):
+        np.testing.assert_allclose(b.adjoints[f"h_l0@{t}"], a.adjoints[f"h_l0@{t}"],
+                                   atol=1e-12)
