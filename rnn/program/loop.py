@@ -444,8 +444,8 @@ class _Emit:
                     loop.append(f"v{i} = V{i}[t][R0:R1]" if n.out in grp.stored
                                 else f"v{i} = S{i}")
             loop += self.fwd_run(seg) if self._fused(seg) else self.fwd_node(seg[0])
-        body += ["    " + ln for ln in loop]
-        return "\n".join(lines + ["    " + ln for ln in body]) + "\n"
+        body += _indent(loop)
+        return "\n".join(lines + _indent(body)) + "\n"
 
     def fwd_run(self, seg: list[Node]) -> list[str]:
         """One loop over (b, j) computing a run of elementwise nodes in scalars."""
@@ -649,8 +649,8 @@ class _Emit:
         for n in grp.nodes:
             if n.op == "matvec" and n.out in self.live:
                 loop += self.weight_grad(n)
-        body += ["    " + ln for ln in loop]
-        return "\n".join(lines + ["    " + ln for ln in body]) + "\n"
+        body += _indent(loop)
+        return "\n".join(lines + _indent(body)) + "\n"
 
     def weight_grad(self, n: Node) -> list[str]:
         """The weight's cotangent, sum over t of g_t^T x_(t-d): the g of CH steps are
@@ -690,7 +690,7 @@ class _Emit:
                 a = n.args[0]
                 start = n.kw["index"][1][0] or 0
                 lines = self.add_into(a, f"a{i}", f"j + {start}", self.step.widths[a.name])
-                out += ["        " + ln for ln in lines]
+                out += _indent(lines, 2)
                 continue
             args = [self.at(a, w) for a in n.args]
             for k, a in enumerate(n.args):
@@ -701,7 +701,7 @@ class _Emit:
                 if self.inrun(a, n):
                     out.append(f"        a{self.idx[a.name]} += {expr}")
                 else:
-                    out += ["        " + ln for ln in self.add_into(a, expr, "j", w)]
+                    out += _indent(self.add_into(a, expr, "j", w), 2)
         for n in states:  # (a loop: Numba's sum() is compiled anew for each new cell)
             i = self.idx[n.out]
             out += ["s = 0.0", f"for j in range({w}):", f"    s += N{i}[j]", f"NORM{i}[t] = s"]
@@ -739,7 +739,7 @@ class _Emit:
                 return []
             return ["for b in range(B):", "    s = ZERO", f"    for j in range({w}):",
                     f"        s += {g}[b, j] * v{i}[b, j]", f"    for j in range({w}):",
-                    *["        " + ln for ln in add]]
+                    *_indent(add, 2)]
         if n.op == "concat":
             out, off = [], 0
             for a in n.args:
@@ -755,12 +755,13 @@ class _Emit:
                     "    gm = ZERO", "    gy = ZERO", f"    for j in range({w}):",
                     f"        gm += {g}[b, j]", f"        gy += {g}[b, j] * v{i}[b, j]",
                     f"    gm = gm / _F({w})", f"    gy = gy / _F({w})",
-                    f"    for j in range({w}):", *["        " + ln for ln in add]]
+                    f"    for j in range({w}):", *_indent(add, 2)]
         raise Unsupported(n.op)
 
 
-def _indent(lines: list[str]) -> list[str]:
-    return ["    " + ln for ln in lines]
+def _indent(lines: list[str], depth: int = 1) -> list[str]:
+    """``lines`` indented ``depth`` levels (of four spaces) deeper."""
+    return ["    " * depth + ln for ln in lines]
 
 
 def _loop2(width: int, body: list[str]) -> list[str]:
@@ -768,7 +769,7 @@ def _loop2(width: int, body: list[str]) -> list[str]:
     if not body:
         return []
     return ["for b in range(B):", f"    for j in range({width}):",
-            *["        " + ln for ln in body]]
+            *_indent(body, 2)]
 
 
 # ------------------------------------------------------------------ the plan
