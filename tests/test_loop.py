@@ -549,3 +549,29 @@ def test_a_state_no_run_computes_keeps_its_adjoints_in_parts(rows):
         np.testing.assert_allclose(b.adjoints[f"h_l0@{t}"], a.adjoints[f"h_l0@{t}"],
                                    atol=1e-12)
 
+
+SOURCES = """
+import hashlib
+from rnn import cells
+from rnn.program.loop import Plan
+src = "".join(Plan(mk(3, 4), "float64").source() for _, mk in sorted(cells.BUILTINS.items()))
+print(hashlib.sha256(src.encode()).hexdigest())
+"""
+
+
+def test_the_generated_source_is_the_same_in_every_process(tmp_path):
+    """The loops' source names the module in Numba's on-disk cache: it must not depend on
+    the order of a set (strings hash differently from process to process), or a new
+    process compiles a cell again (an LSTM's two rings came in either order)."""
+    import os
+    import subprocess
+    import sys
+
+    seen = set()
+    for seed in range(8):
+        env = {**os.environ, "PYTHONHASHSEED": str(seed), "UNROLL_CACHE": str(tmp_path)}
+        out = subprocess.run([sys.executable, "-c", SOURCES], env=env, text=True,
+                             capture_output=True, timeout=300)
+        assert out.returncode == 0, out.stderr
+        seen.add(out.stdout.split()[-1])
+    assert len(seen) == 1

@@ -351,8 +351,8 @@ class _Emit:
         self.windowed: set[str] = set()  # outside values given a window of steps (Plan)
         self.live: set[str] = {n.out for n in grp.nodes}  # what reaches an output (Plan)
         self.ring = {}  # in-group value read with delays -> ring length (max delay + 1)
-        for name, d in self.delayed:
-            if name in self.names:
+        for name, d in sorted(self.delayed):  # (a set: sorted, the same source in every
+            if name in self.names:  # process, so that Numba's cache is hit)
                 self.ring[name] = max(self.ring.get(name, 1), d + 1)
         # runs of elementwise nodes of one width become one loop over (b, j): their
         # values and adjoints pass in scalars; arrays only where read outside the run
