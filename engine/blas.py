@@ -17,6 +17,7 @@ Integers are passed as 64-bit. An LP64 library reads the low half of each regist
 """
 
 import ctypes
+import os
 import platform
 import sys
 
@@ -64,9 +65,9 @@ def _register(dtype):
         return None
     t = "s" if dtype.char == "f" else "d"
     ctype = ctypes.c_float if t == "s" else ctypes.c_double
-    for path in _blas_paths():
+    for info in _blas_libs():
         try:
-            lib = ctypes.CDLL(path)
+            lib = ctypes.CDLL(info["filepath"])
         except OSError:
             continue
         for prefix, suffix in _NAMES:
@@ -80,20 +81,22 @@ def _register(dtype):
                 import llvmlite.binding as llvm
 
                 llvm.add_symbol(f"unroll_{t}gemm", ctypes.cast(fn, ctypes.c_void_p).value)
+                _found_lib[dtype] = info
                 return f"{t.upper()}GEMM"
     return None
 
 
-def _blas_paths() -> list[str]:
-    """The BLAS libraries loaded in this process, numpy's first."""
+def _blas_libs() -> list[dict]:
+    """The BLAS libraries loaded in this process as threadpoolctl describes them (path,
+    version, architecture), numpy's first."""
     try:
         import scipy.linalg.cython_blas  # noqa: F401 - so that scipy's is listed too
     except ImportError:
         pass
     from threadpoolctl import threadpool_info
 
-    libs = [i["filepath"] for i in threadpool_info() if i.get("user_api") == "blas"]
-    return sorted(libs, key=lambda p: "numpy" not in p)
+    libs = [i for i in threadpool_info() if i.get("user_api") == "blas"]
+    return sorted(libs, key=lambda i: "numpy" not in i["filepath"])
 
 
 def _works(fn, dtype) -> bool:
@@ -142,6 +145,66 @@ def small_gemm(a, b, c, trans_b, beta):
                 c[i, j] += a[i, r] * b[r, j]
 
 
+# OpenBLAS (0.3.17 on) runs a GEMM of at most 100^3 multiply-adds on these cores in its
+# "small matrix" kernels: no packing of the operands, which a recurrent step's product
+# otherwise pays at every call. GFLOP/s on one thread here (AMD EPYC, AVX-512), in one
+# call / in the tiles of ``tiles`` (rows x columns x inner), measured in one run:
+#                                         float32                 float64
+#   16x128 @ 128x512 (small-lstm, forward)  66 / 114 (16x256x128)   39 / 56 (16x256x128)
+#   16x512 @ 512x128 (small-lstm, backward) 76 / 115 (16x64x512)    36 / 55 (16x128x256)
+#   32x512 @ 512x2048 (medium-lstm, fwd)    62 / 95  (16x64x512)    45 / 48 (32x64x256)
+#   32x2048 @ 2048x512 (medium-lstm, bwd)   80 / 111 (16x64x512)    41 / 46 (32x64x256)
+#   64x512 @ 512x2048                       81 / 101 (16x64x512)    46 / 46 (16x128x256)
+#   8x512 @ 512x2048                        35 / 103 (8x128x512)    33 / 52 (8x256x256)
+#   16x1024 @ 1024x4096                     44 / 47  (16x64x512)    27 / 24 (16x128x256)
+# Tiles of fewer than 64 columns, and widths that are no power of two, ran slower
+# (64x512 @ 512x2048 in tiles 64x16: 29 against 81; 16x512 @ 512x2048: 104 in tiles
+# 16x64, 55 16x112, 33 16x48); so did float64 pieces of 512 (4 KB), by the shape.
+# (Medium-lstm's parts are 32 rows of a batch of 64; small-lstm's 16 of 32.)
+_SMALL_KERNELS = ("skylakex", "cooperlake", "sapphirerapids")
+_SMALL_LIMIT = 1_000_000  # OpenBLAS's: M N K <= 100.0 * 100.0 * 100.0
+_found_lib: dict = {}  # dtype -> threadpoolctl's description of the library registered
+
+
+def block_limit(dtype) -> int:
+    """The most multiply-adds a BLAS call of the loops' GEMMs should have, for
+    ``gemm``'s ``block``: OpenBLAS's small-matrix limit where its build has those kernels
+    for this CPU, else 0 (no blocks). ``UNROLL_GEMM_BLOCK`` (a count; 0 for none) sets it."""
+    fixed = os.environ.get("UNROLL_GEMM_BLOCK", "").strip()
+    if fixed.isdigit():
+        return int(fixed)
+    if gemm_symbol(dtype) is None:
+        return 0
+    info = _found_lib.get(np.dtype(dtype), {})
+    try:
+        version = tuple(int(p) for p in info.get("version", "").split(".")[:3])
+    except ValueError:
+        version = ()
+    arch = (info.get("architecture") or "").lower()
+    ok = info.get("internal_api") == "openblas" and version >= (0, 3, 17) and \
+        arch in _SMALL_KERNELS
+    return _SMALL_LIMIT if ok else 0
+
+
+@numba.njit(cache=True, nogil=True)
+def tiles(m, k, n, block, itemsize):
+    """(rows, columns, inner) of the tiles ``gemm`` computes an (m, k) @ (k, n) product
+    in, each of at most ``block`` multiply-adds: the inner size in pieces of 2 KB of a's
+    rows (512 in float32, 256 in float64), columns a power of two, at least 64, as wide
+    as fits all rows, else 16 rows, else 8. (m, n, k), one call, where the product fits
+    or no tile does."""
+    kc = min(k, 2048 // itemsize)
+    if block <= 0 or m * k * n <= block or 64 * 8 * kc > block:
+        return m, n, k
+    rows = m
+    while rows > 8 and 64 * rows * kc > block:
+        rows = 16 if rows > 16 else 8
+    w = 64
+    while 2 * w * rows * kc <= block and w < n:
+        w *= 2
+    return rows, w, kc
+
+
 # ---- the GEMMs the generated loops call (rnn/program/loop.py), compiled and cached here
 # once, not again in every cell's module
 def _xgemm(order, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
@@ -159,20 +222,31 @@ def _ol_xgemm(order, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
 
 
 @numba.njit(cache=True, nogil=True)
-def gemm(a, b, c, trans_b, beta):
+def gemm(a, b, c, trans_b, beta, block=0):
     """c = a @ (b.T if trans_b else b) + beta * c (beta 0 or 1) for row-major 2-d arrays:
-    a tiny product in small_gemm, others by numpy's BLAS (``gemm_symbol`` registered it)."""
+    a tiny product in small_gemm, others by numpy's BLAS (``gemm_symbol`` registered it),
+    in tiles of at most ``block`` multiply-adds each where that pays (0: one call;
+    ``tiles``)."""
     if a.strides[1] != a.itemsize or b.strides[1] != b.itemsize or \
             c.strides[1] != c.itemsize:
         raise ValueError("unroll: a GEMM operand is not row-major")
-    if a.shape[0] * a.shape[1] * c.shape[1] <= SMALL:
+    m, k, n = a.shape[0], a.shape[1], c.shape[1]
+    if m * k * n <= SMALL:
         small_gemm(a, b, c, trans_b, beta)
         return
-    _xgemm(ROW_MAJOR, NO_TRANS, TRANS if trans_b else NO_TRANS, a.shape[0], c.shape[1],
-           a.shape[1], c.dtype.type(1), a.ctypes.data, a.strides[0] // a.itemsize,
-           b.ctypes.data, b.strides[0] // b.itemsize, beta, c.ctypes.data,
-           c.strides[0] // c.itemsize)
-
+    mr, w, kc = tiles(m, k, n, block, a.itemsize) if not trans_b else (m, n, k)
+    lda, ldb, ldc = a.strides[0] // a.itemsize, b.strides[0] // b.itemsize, \
+        c.strides[0] // c.itemsize
+    tb = TRANS if trans_b else NO_TRANS
+    one, size = c.dtype.type(1), a.itemsize
+    for q in range(0, k, kc):  # a[:, q:q+kc] @ b[q:q+kc], added to the pieces before
+        bq = beta if q == 0 else one
+        for i in range(0, m, mr):  # rows i .. i + mr - 1 of a and c
+            for j in range(0, n, w):  # columns j .. j + w - 1 of b and c
+                _xgemm(ROW_MAJOR, NO_TRANS, tb, min(mr, m - i), min(w, n - j),
+                       min(kc, k - q), one, a.ctypes.data + (i * lda + q) * size, lda,
+                       b.ctypes.data + (q * ldb + j) * size, ldb, bq,
+                       c.ctypes.data + (i * ldc + j) * size, ldc)
 
 @numba.njit(cache=True, nogil=True)
 def gemm_tn(a, a0, b, b0, rows, c):
@@ -192,7 +266,7 @@ def gemm_tn(a, a0, b, b0, rows, c):
 
 # where no BLAS routine is to be had (and with the JIT off): the same through np.dot
 @numba.njit(cache=True, nogil=True)
-def dot_gemm(a, b, c, trans_b, beta):
+def dot_gemm(a, b, c, trans_b, beta, block=0):
     p = np.dot(a, b.T) if trans_b else np.dot(a, b)
     if beta == 0:
         c[:] = p

@@ -36,6 +36,31 @@ def test_numpys_gemm_is_found_and_used_by_the_loops(dtype):
         pytest.skip("no CBLAS gemm in numpy's BLAS here: the loops use np.dot")
     src = Plan(cells.lstm(2, 3), dtype).source()
     assert "import gemm as _mm" in src and "dot_gemm" not in src
+    assert f"BLOCK = {blas.block_limit(dtype)} " in src  # the tiles' limit, in the source
+
+
+@pytest.mark.skipif(numba.config.DISABLE_JIT, reason="the BLAS routine runs in compiled code")
+def test_tiles_only_where_openblas_has_small_kernels(monkeypatch):
+    """OpenBLAS 0.3.17 on, on the cores it has small-matrix kernels for: its limit; any
+    other library, version or core: no tiles. UNROLL_GEMM_BLOCK sets it."""
+    if blas.gemm_symbol("float32") is None:
+        pytest.skip("no CBLAS gemm in numpy's BLAS here")
+    monkeypatch.delenv("UNROLL_GEMM_BLOCK", raising=False)
+    cases = [({"internal_api": "openblas", "version": "0.3.31.188.0",
+               "architecture": "SkylakeX"}, 1_000_000),
+             ({"internal_api": "openblas", "version": "0.3.30", "architecture": "Cooperlake"},
+              1_000_000),
+             ({"internal_api": "openblas", "version": "0.3.16", "architecture": "SkylakeX"}, 0),
+             ({"internal_api": "openblas", "version": "0.3.30", "architecture": "Haswell"}, 0),
+             ({"internal_api": "openblas", "version": "0.3.dev", "architecture": "SkylakeX"}, 0),
+             ({"internal_api": "mkl", "version": "2024.1", "architecture": None}, 0)]
+    for info, want in cases:
+        monkeypatch.setitem(blas._found_lib, np.dtype("float32"), info)
+        assert blas.block_limit("float32") == want, info
+    monkeypatch.setenv("UNROLL_GEMM_BLOCK", "0")
+    assert blas.block_limit("float32") == 0
+    monkeypatch.setenv("UNROLL_GEMM_BLOCK", "250000")
+    assert blas.block_limit("float32") == 250_000
 
 
 def test_no_routine_for_other_dtypes():
@@ -71,3 +96,44 @@ def test_the_loops_gemms_match_numpy(dtype, m, k, n):
         np.testing.assert_allclose(e, want, rtol=tol, atol=tol)
     with pytest.raises(ValueError, match="row-major"):
         blas.gemm(a[:, ::2], w[:, ::2], np.empty((m, n), dtype), True, np.zeros((), dtype)[()])
+
+
+@pytest.mark.skipif(numba.config.DISABLE_JIT, reason="the BLAS routine runs in compiled code")
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("block", [0, 300_000, 1_000_000])
+@pytest.mark.parametrize("m,k,n", [(16, 128, 512), (33, 600, 200), (40, 1100, 130), (5, 64, 70)])
+def test_gemm_in_tiles_matches_numpy(dtype, block, m, k, n):
+    """gemm in tiles of at most ``block`` multiply-adds (rows, columns and inner pieces,
+    with ragged last tiles) into views of bigger arrays, overwriting (beta 0) and adding
+    (beta 1): numpy's product."""
+    if blas.gemm_symbol(dtype) is None:
+        pytest.skip("no CBLAS gemm in numpy's BLAS here")
+    rng = np.random.default_rng(m + k + n + block)
+    a = rng.standard_normal((m + 3, k + 2)).astype(dtype)[1:m + 1, 2:]  # strided rows
+    b = rng.standard_normal((k, n + 5)).astype(dtype)[:, 5:]
+    tol = 2e-4 if dtype == "float32" else 1e-11
+    for beta in (0, 1):
+        big = np.full((m, n + 7), np.nan if beta == 0 else 0.5, dtype)
+        c = big[:, 3:n + 3]
+        want = a @ b + (0 if beta == 0 else c)
+        blas.gemm(a, b, c, False, np.asarray(beta, dtype)[()], block)
+        np.testing.assert_allclose(c, want, rtol=tol, atol=tol)
+        assert np.isnan(big[:, :3]).all() == (beta == 0) and (big[:, n + 3:] != 0.5).sum() \
+            == (big[:, n + 3:].size if beta == 0 else 0)  # nothing outside c written
+
+
+@pytest.mark.parametrize("itemsize", [4, 8])
+def test_tiles_stay_under_the_limit(itemsize):
+    """A tile holds at most ``block`` multiply-adds, its inner piece at most 2 KB of a row,
+    its columns a power of two from 64; one call where no tile fits or none is needed."""
+    for m in (1, 4, 8, 16, 32, 64, 100):
+        for k in (32, 128, 300, 512, 2048):
+            for n in (64, 384, 512, 2048):
+                for block in (0, 100_000, 1_000_000):
+                    rows, w, kc = blas.tiles(m, k, n, block, itemsize)
+                    if (rows, w, kc) == (m, n, k):
+                        assert block == 0 or m * k * n <= block or \
+                            64 * 8 * min(k, 2048 // itemsize) > block
+                        continue
+                    assert rows * w * kc <= block and kc * itemsize <= 2048
+                    assert w >= 64 and w & (w - 1) == 0 and rows <= m and kc <= k

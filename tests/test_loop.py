@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import rnn
+from engine import blas
 from rnn import Cell, Model, cells
 from rnn.program import loop
 
@@ -449,7 +450,32 @@ def test_a_small_step_runs_in_parts_where_cores_are_free(monkeypatch):
     assert plan.parts(100, 32) == 1  # a busy machine
     monkeypatch.setattr(loop._threads, "cores", lambda: 2)
     big = Model(cells.lstm(256, 512), dtype="float32").plan()
-    assert big.parts(100, 64) == 1  # medium-lstm: BLAS's threads on its big steps
+    monkeypatch.setattr(big, "block", 1_000_000)
+    assert big.parts(100, 64) == 2  # medium-lstm, its GEMMs in tiles: in parts as well
+    monkeypatch.setattr(big, "block", 0)
+    assert big.parts(100, 64) == 1  # without tiles: BLAS's threads on its big steps
+
+
+@pytest.mark.skipif(numba.config.DISABLE_JIT, reason="the BLAS routine runs in compiled code")
+@pytest.mark.parametrize("parts", [1, 2])
+def test_the_loops_gemms_in_tiles_agree_with_the_reference(monkeypatch, parts):
+    """With a small tile limit, the forward step's GEMM runs in tiles of 64 (or 128)
+    columns by an inner 80 and the backward's of 64 by 256, with a ragged inner piece (320 = 256 +
+    64) and ragged columns (80 = 64 + 16), in one part of the batch and in two: the
+    reference's loss, gradients and outputs to 1e-10."""
+    if blas.gemm_symbol("float64") is None:
+        pytest.skip("no CBLAS gemm in numpy's BLAS here")
+    monkeypatch.setenv("UNROLL_GEMM_BLOCK", "200000")
+    monkeypatch.setattr(loop._threads, "cores", lambda: parts)
+    m = Model(cells.lstm(8, 80), head=3, seed=4)
+    assert "BLOCK = 200000 " in m.plan().source()
+    rows = 24 // parts
+    assert blas.tiles(rows, 80, 320, 200_000, 8)[1:] == ((64, 80) if parts == 1 else (128, 80))
+    assert blas.tiles(rows, 320, 80, 200_000, 8)[1:] == (64, 256)
+    rng = np.random.default_rng(5)
+    xs, ys = rng.standard_normal((24, 40, 8)), rng.standard_normal((24, 40, 3))
+    assert m.plan().parts(40, 24) == parts
+    agree(m, xs, ys)
 
 
 @pytest.mark.parametrize("dtype,atol", [("float64", 1e-10), ("float32", 2e-5)])

@@ -315,10 +315,14 @@ ZERO = _F(0.0)
 GEMM_BLAS = """
 from engine.blas import gemm as _mm
 from engine.blas import gemm_tn as _mtm
+
+BLOCK = {block}  # the most multiply-adds of one BLAS call (engine.blas.block_limit)
 """
 GEMM_NUMPY = """
 from engine.blas import dot_gemm as _mm
 from engine.blas import dot_gemm_tn as _mtm
+
+BLOCK = 0
 """
 JIT = '@numba.njit(cache=True, nogil=True, error_model="numpy")'
 
@@ -517,7 +521,7 @@ class _Emit:
         if n.op == "matvec":
             W, x = n.args
             xs = self.local(x)
-            return [f"_mm({xs}, {self.p(W.name)}, {o}, False, ZERO)"]  # P: W^T
+            return [f"_mm({xs}, {self.p(W.name)}, {o}, False, ZERO, BLOCK)"]  # P: W^T
         src = self.local(n.args[0])
         if n.op in ("sum", "mean"):
             wi = self.step.widths[n.args[0].name]
@@ -727,7 +731,7 @@ class _Emit:
             W, x = n.args
             if self.dst(x) is None:
                 return []
-            return [f"_mm({g}, {self.p(W.name)}, {self.dst(x)}, False, ONE)"]
+            return [f"_mm({g}, {self.p(W.name)}, {self.dst(x)}, False, ONE, BLOCK)"]
         a = n.args[0]
         if n.op in ("sum", "mean"):
             wi = self.step.widths[a.name]
@@ -800,8 +804,9 @@ class Plan:
         self.feeders = _feeders(step, self.groups, self.needed)
         self._layouts: dict = {}
         symbol = blas.gemm_symbol(self.dtype)
+        self.block = blas.block_limit(self.dtype) if symbol else 0  # the GEMMs' tiles
         head = PRELUDE.format(dtype=self.dtype.name, kernels_hash=_KERNELS_HASH) + (
-            GEMM_BLAS if symbol else GEMM_NUMPY)
+            GEMM_BLAS.format(block=self.block) if symbol else GEMM_NUMPY)
         for k, em in emit.items():
             grp = em.grp
             em.windowed = {n.out for n in self.feeders.get(k, ())} & set(em.ext)
@@ -1004,13 +1009,16 @@ class Plan:
     def parts(self, T: int, B: int) -> int:
         """How many parts of the batch the loops run in, each on a core of its own with
         BLAS on one thread, start to end with no synchronisation (a batch's rows never
-        meet inside a step). Where a step's GEMM is small (below SPLIT_MAX) BLAS's own
-        threads mostly wait for each other, and collapse when another process holds a
-        core (small-lstm: 17-39 ms from run to run on 2 threads); in parts, a busy core
-        slows its own part only. Bigger steps (medium-lstm: 2 threads 105 ms a forward,
-        two parts 121), a small batch or little work: one part, BLAS's threads."""
+        meet inside a step). Where a step's GEMM is small BLAS's own threads mostly wait
+        for each other, and collapse when another process holds a core (small-lstm: 17-39
+        ms from run to run on 2 threads); in parts, a busy core slows its own part only.
+        Where the loops' GEMMs run in tiles (engine.blas.tiles) a part's run fast on one
+        thread at any size (medium-lstm: 340-376 ms a pass in two parts, 491-497 with
+        BLAS's threads); without tiles, a big step's GEMM runs better on BLAS's threads
+        (SPLIT_MAX; medium-lstm: a forward 105 ms on 2 threads, 121 in two parts). A small
+        batch or little work: one part, BLAS's threads."""
         flops, width = self._loop_sizes
-        if B < 2 or not width or flops * B >= _threads.SPLIT_MAX or \
+        if B < 2 or not width or (flops * B >= _threads.SPLIT_MAX and not self.block) or \
                 T * B * width < _threads.SPLIT_MIN:
             return 1
         return _threads.cores()
@@ -1201,7 +1209,7 @@ class _Threads:
 
     BIG = 2e6  # small-lstm's 4.2 MFLOP per step: 0.81x time on 2 threads, the MGU's 1.6: 0.97x
     SERIAL = 65536 * 4
-    SPLIT_MAX = 2 ** 24  # medium-lstm's 134 MFLOP: BLAS on 2 threads 105 ms, two halves 121
+    SPLIT_MAX = 2 ** 24  # without tiles, medium-lstm's 134 MFLOP: 2 threads 105 ms, parts 121
     # handing calls to the threads (``run``) costs about 50 us here: below these a part's
     # saving (half of ~1 ns an element, of a GEMM at ~60 GFLOP/s) is not worth it
     SPLIT_MIN = 200_000  # elements a loop computes in a call
