@@ -7,15 +7,14 @@ import numpy as np
 
 
 def all_finite(a) -> bool:
-    """No NaN or inf in ``a``. For a big array a finite sum proves it in one pass (a NaN
-    or an inf makes any sum NaN or inf), and only a sum that overflows needs the element
-    check; a small one is checked element by element (cheaper than the errstate)."""
+    """No NaN or inf in ``a``. For float32 and float64, a finite a . a proves it in one
+    BLAS pass (a NaN or an inf makes it NaN or inf, and BLAS raises no floating-point
+    warnings): about 1 us for a small array, where isfinite().all() took 2-3; only
+    values whose squares overflow (beyond ~1e19 in float32) need the element check."""
     a = np.asarray(a)
-    if a.size < 4096:
-        return bool(np.isfinite(a).all())
-    with np.errstate(over="ignore", invalid="ignore"):  # whatever the caller's errstate
-        total = a.sum()
-    return math.isfinite(total) or bool(np.isfinite(a).all())
+    if a.dtype.char in "fd" and math.isfinite(np.vdot(a, a)):
+        return True
+    return bool(np.isfinite(a).all())
 
 
 class UnrollError(Exception):

@@ -194,8 +194,8 @@ def _run(model, xs, targets, weights, loss, at, initial_state, k, mask, executor
         if s not in given:
             for n in model.layer_names(s):
                 grads[f"init_{n}"] = per_layer[n].sum(axis=0)
-    return BPTTResult(lval, grads, _by_state(model, per_layer), _by_state(model, norms), ys,
-                      _by_state(model, final), kept)
+    return BPTTResult(lval, grads, model.split_layers(per_layer), model.split_layers(norms), ys,
+                      model.split_layers(final), kept)
 
 
 def _run_bi(model, xs, targets, weights, loss, at, initial_state, k, mask, executor, rng):
@@ -279,11 +279,6 @@ def _run_program(model, plan, xs, targets, weights, loss, at, initial_state, k, 
     return float(vals["loss"]), adj, norms, ys, final, kept
 
 
-def _by_state(model, per_layer):
-    return model.split_layers({n: per_layer[n] for s in model.cell.states
-                               for n in model.layer_names(s)})
-
-
 def _windows(model, xs, targets, weights, loss, at, initial_state, k12, mask, executor,
              train=False):
     """Williams & Peng BPTT(k1, k2): every k1 steps, backpropagate the last k1 steps'
@@ -319,7 +314,7 @@ def _windows(model, xs, targets, weights, loss, at, initial_state, k12, mask, ex
         start_loss = e + 1
         init, carried = initial_state, {}
         if s > 0:  # start from the forward pass's values at s-1, detached
-            init = _by_state(model, {n: value(n, s - 1) for n in cell.states})
+            init = model.split_layers({n: value(n, s - 1) for n in cell.states})
             carried = {f"{n}@init": value(n, s - 1) for n in delayed if n not in cell.states}
             carried.update({f"{x}@init": parts[x][:, s - 1] for x in cell.input_delays})
         sl = slice(s, e + 1)
@@ -342,7 +337,7 @@ def _windows(model, xs, targets, weights, loss, at, initial_state, k12, mask, ex
     norms = {n: np.array([np.linalg.norm(a) for a in adj_sum[n]]) for n in cell.states}
     final = {n: value(n, T - 1) for n in cell.states}
     total.loss, total.outputs = lval, ys
-    total.final_state, total.step_norms = _by_state(model, final), _by_state(model, norms)
+    total.final_state, total.step_norms = model.split_layers(final), model.split_layers(norms)
     total.adjoints = {}
     return total
 

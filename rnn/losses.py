@@ -86,15 +86,19 @@ def _append(b: Builder, y, lead: tuple, O: int, loss: str) -> Program:
 def loss_weights(loss: str, at: str, B: int, T: int, O: int, mask, dtype) -> np.ndarray:
     """1/count for every counted element; masked steps count 0. Without a mask (and at
     "last", which counts every sequence): one number, read-only, broadcast to the shape
-    (so mse_and_grad sees at once that it is one)."""
-    per = O if loss == "mse" else 1
+    (so mse_and_grad sees at once that it is one), the same array for the same shape."""
     if mask is None or at == "last":
-        lead = (B, T) if at == "all" else (B,)
-        t = np.dtype(dtype).type  # the same sums, in the same dtype, as with a mask
-        w = np.broadcast_to(t(1) / (t(math.prod(lead)) * per), lead)
-    else:
-        m = mask.astype(dtype)
-        w = m / (m.sum() * per)
+        return _even_weights(loss, at, B, T, O, np.dtype(dtype))
+    m = mask.astype(dtype)
+    w = m / (m.sum() * (O if loss == "mse" else 1))
+    return w[..., None] if loss == "mse" else w
+
+
+@lru_cache(maxsize=64)
+def _even_weights(loss: str, at: str, B: int, T: int, O: int, dtype: np.dtype) -> np.ndarray:
+    lead = (B, T) if at == "all" else (B,)
+    t = dtype.type  # the same sums, in the same dtype, as with a mask
+    w = np.broadcast_to(t(1) / (t(math.prod(lead)) * (O if loss == "mse" else 1)), lead)
     return w[..., None] if loss == "mse" else w
 
 

@@ -518,8 +518,9 @@ class Model(ReadOnlyParams):
         (layers x directions, as PyTorch's h_n)."""
         out = {}
         for s in self.cell.states:
-            arrs = [per_layer[n] for n in self.layer_names(s)]
-            out[s] = arrs[0] if len(arrs) == 1 else np.stack(arrs)
+            names = self.layer_names(s)
+            out[s] = per_layer[names[0]] if len(names) == 1 else np.stack(
+                [per_layer[n] for n in names])
         return out
 
     # ------------------------------------------------------------ checks

@@ -2,6 +2,7 @@
 what came (one test per case of the issue)."""
 
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -239,3 +240,32 @@ def test_from_torch_reads_the_layers_and_refuses_keys_it_does_not_use():
         rnn.interop.from_torch("lstm", {**sd, "weight_hr_l0": np.zeros((3, 3))})
     with pytest.raises(ValueError, match=r"key 'extra' is not used"):
         rnn.interop.from_torch("lstm", {**sd, "extra": np.zeros(1)})
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64", "int32"])
+def test_all_finite_finds_every_nan_and_inf_and_never_warns(dtype):
+    """engine.errors.all_finite on small and big, contiguous and strided arrays: every NaN
+    and inf found wherever it is; finite values whose squares overflow (1e30 in float32)
+    are finite; no floating-point warning under errstate(all="raise")."""
+    from engine.errors import all_finite
+
+    rng = np.random.default_rng(0)
+    with np.errstate(all="raise"), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for shape in [(), (0,), (5,), (7, 3), (300, 40)]:
+            a = np.asarray(rng.standard_normal(shape) * 10).astype(dtype)
+            assert all_finite(a) and all_finite(a.T)
+            assert a.ndim == 0 or all_finite(a[..., ::2])
+            if a.dtype.kind != "f" or a.size == 0:
+                continue
+            big = np.full(shape, np.finfo(dtype).max / 4, dtype)
+            assert all_finite(big)
+            for bad in (np.nan, np.inf, -np.inf):
+                for at in {0, a.size // 2, a.size - 1}:
+                    b = a.copy().reshape(-1)
+                    b[at] = bad
+                    b = b.reshape(shape)
+                    assert not all_finite(b) and (b.ndim == 0 or not all_finite(b.T[..., ::1]))
+                    c = big.copy().reshape(-1)
+                    c[at] = bad
+                    assert not all_finite(c)
