@@ -20,6 +20,7 @@ import ctypes
 import os
 import platform
 import sys
+import warnings
 
 import numba
 import numpy as np
@@ -169,36 +170,43 @@ _found_lib: dict = {}  # dtype -> threadpoolctl's description of the library reg
 def block_limit(dtype) -> int:
     """The most multiply-adds a BLAS call of the loops' GEMMs should have, for
     ``gemm``'s ``block``: OpenBLAS's small-matrix limit where its build has those kernels
-    for this CPU, else 0 (no blocks). ``UNROLL_GEMM_BLOCK`` (a count; 0 for none) sets it."""
+    for this CPU, else 0 (no tiles). ``UNROLL_GEMM_BLOCK`` (a count, as 1000000 or 1e6;
+    0 for none) sets it."""
     fixed = os.environ.get("UNROLL_GEMM_BLOCK", "").strip()
-    if fixed.isdigit():
-        return int(fixed)
+    if fixed:
+        try:
+            return max(int(float(fixed)), 0)
+        except (ValueError, OverflowError):
+            warnings.warn(f"UNROLL_GEMM_BLOCK={fixed!r} is not a count; ignored",
+                          RuntimeWarning, stacklevel=2)
     if gemm_symbol(dtype) is None:
         return 0
     info = _found_lib.get(np.dtype(dtype), {})
-    try:
-        version = tuple(int(p) for p in info.get("version", "").split(".")[:3])
+    if info.get("internal_api") != "openblas":
+        return 0
+    try:  # threadpoolctl gives None where a library does not say
+        version = tuple(int(p) for p in str(info.get("version") or "").split(".")[:3])
     except ValueError:
         version = ()
-    arch = (info.get("architecture") or "").lower()
-    ok = info.get("internal_api") == "openblas" and version >= (0, 3, 17) and \
-        arch in _SMALL_KERNELS
-    return _SMALL_LIMIT if ok else 0
+    arch = str(info.get("architecture") or "").lower()
+    return _SMALL_LIMIT if version >= (0, 3, 17) and arch in _SMALL_KERNELS else 0
 
 
 @numba.njit(cache=True, nogil=True)
 def tiles(m, k, n, block, itemsize):
     """(rows, columns, inner) of the tiles ``gemm`` computes an (m, k) @ (k, n) product
-    in, each of at most ``block`` multiply-adds: the inner size in pieces of 2 KB of a's
-    rows (512 in float32, 256 in float64), columns a power of two, at least 64, as wide
-    as fits all rows, else 16 rows, else 8. (m, n, k), one call, where the product fits
-    or no tile does."""
-    kc = min(k, 2048 // itemsize)
-    if block <= 0 or m * k * n <= block or 64 * 8 * kc > block:
-        return m, n, k
+    in, each of at most ``block`` multiply-adds: the inner size in even pieces of at most
+    2 KB of a's rows (512 in float32, 256 in float64), columns a power of two, at least
+    64, as wide as fits all rows, else 16 rows, else 8. (m, n, k), one call, where the
+    product fits or no tile does."""
+    most = 2048 // itemsize
+    pieces = (k + most - 1) // most
+    kc = (k + pieces - 1) // pieces
     rows = m
     while rows > 8 and 64 * rows * kc > block:
         rows = 16 if rows > 16 else 8
+    if block <= 0 or m * k * n <= block or 64 * rows * kc > block:
+        return m, n, k
     w = 64
     while 2 * w * rows * kc <= block and w < n:
         w *= 2
@@ -245,8 +253,9 @@ def gemm(a, b, c, trans_b, beta, block=0):
             for j in range(0, n, w):  # columns j .. j + w - 1 of b and c
                 _xgemm(ROW_MAJOR, NO_TRANS, tb, min(mr, m - i), min(w, n - j),
                        min(kc, k - q), one, a.ctypes.data + (i * lda + q) * size, lda,
-                       b.ctypes.data + (q * ldb + j) * size, ldb, bq,
+                       b.ctypes.data + (q * ldb + j) * size, ldb, bq,  # (trans_b: q = j = 0)
                        c.ctypes.data + (i * ldc + j) * size, ldc)
+
 
 @numba.njit(cache=True, nogil=True)
 def gemm_tn(a, a0, b, b0, rows, c):

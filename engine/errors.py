@@ -10,10 +10,13 @@ def all_finite(a) -> bool:
     """No NaN or inf in ``a``. For float32 and float64, a finite a . a proves it in one
     BLAS pass (a NaN or an inf makes it NaN or inf, and BLAS raises no floating-point
     warnings): about 1 us for a small array, where isfinite().all() took 2-3; only
-    values whose squares overflow (beyond ~1e19 in float32) need the element check."""
+    values whose squares overflow (beyond ~1e19 in float32), and strided arrays, need
+    the element check."""
     a = np.asarray(a)
-    if a.dtype.char in "fd" and math.isfinite(np.vdot(a, a)):
-        return True
+    if a.dtype.char in "fd" and (a.flags.c_contiguous or a.flags.f_contiguous):
+        flat = a.ravel(order="K")  # a view: vdot would copy a strided array
+        if math.isfinite(np.vdot(flat, flat)):
+            return True
     return bool(np.isfinite(a).all())
 
 

@@ -87,19 +87,22 @@ def loss_weights(loss: str, at: str, B: int, T: int, O: int, mask, dtype) -> np.
     """1/count for every counted element; masked steps count 0. Without a mask (and at
     "last", which counts every sequence): one number, read-only, broadcast to the shape
     (so mse_and_grad sees at once that it is one), the same array for the same shape."""
+    per = O if loss == "mse" else 1
     if mask is None or at == "last":
-        return _even_weights(loss, at, B, T, O, np.dtype(dtype))
+        return _even_weights(loss == "mse", (B, T) if at == "all" else (B,), per,
+                             np.dtype(dtype))
     m = mask.astype(dtype)
-    w = m / (m.sum() * (O if loss == "mse" else 1))
-    return w[..., None] if loss == "mse" else w
+    return _weights_of(m / (m.sum() * per), loss == "mse")
 
 
 @lru_cache(maxsize=64)
-def _even_weights(loss: str, at: str, B: int, T: int, O: int, dtype: np.dtype) -> np.ndarray:
-    lead = (B, T) if at == "all" else (B,)
+def _even_weights(mse: bool, lead: tuple, per: int, dtype: np.dtype) -> np.ndarray:
     t = dtype.type  # the same sums, in the same dtype, as with a mask
-    w = np.broadcast_to(t(1) / (t(math.prod(lead)) * (O if loss == "mse" else 1)), lead)
-    return w[..., None] if loss == "mse" else w
+    return _weights_of(np.broadcast_to(t(1) / (t(math.prod(lead)) * per), lead), mse)
+
+
+def _weights_of(w: np.ndarray, mse: bool) -> np.ndarray:
+    return w[..., None] if mse else w  # mse: one weight per step, over the features
 
 
 def check_targets(loss: str, at: str, targets, B: int, T: int, O: int, dtype) -> np.ndarray:

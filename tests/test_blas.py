@@ -36,7 +36,9 @@ def test_numpys_gemm_is_found_and_used_by_the_loops(dtype):
         pytest.skip("no CBLAS gemm in numpy's BLAS here: the loops use np.dot")
     src = Plan(cells.lstm(2, 3), dtype).source()
     assert "import gemm as _mm" in src and "dot_gemm" not in src
-    assert f"BLOCK = {blas.block_limit(dtype)} " in src  # the tiles' limit, in the source
+    fwd, bwd = src.split("def backward")
+    assert "R1, BLOCK," in fwd and "R1, BLOCK," in bwd  # the tiles' limit, an argument
+    assert fwd.count(", BLOCK)") == 1 and bwd.count(", BLOCK)") == 1  # the GEMMs take it
 
 
 @pytest.mark.skipif(numba.config.DISABLE_JIT, reason="the BLAS routine runs in compiled code")
@@ -53,14 +55,22 @@ def test_tiles_only_where_openblas_has_small_kernels(monkeypatch):
              ({"internal_api": "openblas", "version": "0.3.16", "architecture": "SkylakeX"}, 0),
              ({"internal_api": "openblas", "version": "0.3.30", "architecture": "Haswell"}, 0),
              ({"internal_api": "openblas", "version": "0.3.dev", "architecture": "SkylakeX"}, 0),
-             ({"internal_api": "mkl", "version": "2024.1", "architecture": None}, 0)]
+             ({"internal_api": "mkl", "version": "2024.1", "architecture": None}, 0),
+             ({"internal_api": "openblas", "version": None, "architecture": "SkylakeX"}, 0),
+             ({"internal_api": "blis", "version": None, "architecture": None}, 0)]
     for info, want in cases:
         monkeypatch.setitem(blas._found_lib, np.dtype("float32"), info)
         assert blas.block_limit("float32") == want, info
+    monkeypatch.setitem(blas._found_lib, np.dtype("float32"), cases[0][0])
     monkeypatch.setenv("UNROLL_GEMM_BLOCK", "0")
     assert blas.block_limit("float32") == 0
     monkeypatch.setenv("UNROLL_GEMM_BLOCK", "250000")
     assert blas.block_limit("float32") == 250_000
+    monkeypatch.setenv("UNROLL_GEMM_BLOCK", "1e6")
+    assert blas.block_limit("float32") == 1_000_000
+    monkeypatch.setenv("UNROLL_GEMM_BLOCK", "lots")
+    with pytest.warns(RuntimeWarning, match="UNROLL_GEMM_BLOCK='lots' is not a count"):
+        assert blas.block_limit("float32") == 1_000_000  # as the library says
 
 
 def test_no_routine_for_other_dtypes():
@@ -124,8 +134,9 @@ def test_gemm_in_tiles_matches_numpy(dtype, block, m, k, n):
 
 @pytest.mark.parametrize("itemsize", [4, 8])
 def test_tiles_stay_under_the_limit(itemsize):
-    """A tile holds at most ``block`` multiply-adds, its inner piece at most 2 KB of a row,
-    its columns a power of two from 64; one call where no tile fits or none is needed."""
+    """A tile holds at most ``block`` multiply-adds, its inner pieces even and at most
+    2 KB of a row, its columns a power of two from 64; one call where no tile fits or
+    none is needed."""
     for m in (1, 4, 8, 16, 32, 64, 100):
         for k in (32, 128, 300, 512, 2048):
             for n in (64, 384, 512, 2048):
@@ -133,7 +144,9 @@ def test_tiles_stay_under_the_limit(itemsize):
                     rows, w, kc = blas.tiles(m, k, n, block, itemsize)
                     if (rows, w, kc) == (m, n, k):
                         assert block == 0 or m * k * n <= block or \
-                            64 * 8 * min(k, 2048 // itemsize) > block
+                            64 * min(m, 8) * min(k, 2048 // itemsize) > block
                         continue
                     assert rows * w * kc <= block and kc * itemsize <= 2048
                     assert w >= 64 and w & (w - 1) == 0 and rows <= m and kc <= k
+                    pieces = -(-k // kc)
+                    assert k - (pieces - 1) * kc >= kc - pieces  # even pieces

@@ -315,14 +315,10 @@ ZERO = _F(0.0)
 GEMM_BLAS = """
 from engine.blas import gemm as _mm
 from engine.blas import gemm_tn as _mtm
-
-BLOCK = {block}  # the most multiply-adds of one BLAS call (engine.blas.block_limit)
 """
 GEMM_NUMPY = """
 from engine.blas import dot_gemm as _mm
 from engine.blas import dot_gemm_tn as _mtm
-
-BLOCK = 0
 """
 JIT = '@numba.njit(cache=True, nogil=True, error_model="numpy")'
 
@@ -434,7 +430,9 @@ class _Emit:
         grp = self.grp
         # rows R0..R1-1 of the batch (NB rows): rows never meet in a step, so the plan
         # may run parts of the batch on threads of their own (Plan.parts)
-        lines = [f"{JIT}", f"def forward(T0, T1, NB, OFF, R0, R1, {', '.join(self.fwd_sig())}):"]
+        # BLOCK: the most multiply-adds of one BLAS call (Plan.block_for)
+        lines = [f"{JIT}",
+                 f"def forward(T0, T1, NB, OFF, R0, R1, BLOCK, {', '.join(self.fwd_sig())}):"]
         body = ["B = R1 - R0"]
         for n in grp.nodes:
             if n.out in self.array and n.out not in grp.stored:
@@ -586,7 +584,8 @@ class _Emit:
 
     def backward(self) -> str:
         step, grp = self.step, self.grp
-        sig = ["T", "T0", "T1", "NB", "K", "KEEP_ADJ", "CH", "OFF", "R0", "R1"] + self.bwd_sig()
+        sig = ["T", "T0", "T1", "NB", "K", "KEEP_ADJ", "CH", "OFF", "R0", "R1",
+               "BLOCK"] + self.bwd_sig()
         lines = [JIT, f"def backward({', '.join(sig)}):"]
         # rows R0..R1-1 of the batch, as the forward; what rows share (the parameters'
         # cotangents GP, the squared norms NORM) and what a part carries from step to
@@ -806,7 +805,7 @@ class Plan:
         symbol = blas.gemm_symbol(self.dtype)
         self.block = blas.block_limit(self.dtype) if symbol else 0  # the GEMMs' tiles
         head = PRELUDE.format(dtype=self.dtype.name, kernels_hash=_KERNELS_HASH) + (
-            GEMM_BLAS.format(block=self.block) if symbol else GEMM_NUMPY)
+            GEMM_BLAS if symbol else GEMM_NUMPY)
         for k, em in emit.items():
             grp = em.grp
             em.windowed = {n.out for n in self.feeders.get(k, ())} & set(em.ext)
@@ -881,8 +880,9 @@ class Plan:
                         self._sweep(n, win, params, init, T1 - T0, B)
                     cur = ChainMap({n.out: win[n.out] for n in self.feeders[k]}, vals)
                 args = self._args(grp.fwd_args, cur, params, init, made)
-                with _threads.gemm(grp.flops * B):
-                    _threads.run([partial(grp.forward, T0, T1, B, T0, R0, R1, *args)
+                with (ctx := _threads.gemm(grp.flops * B)):
+                    _threads.run([partial(grp.forward, T0, T1, B, T0, R0, R1,
+                                          self.block_for(ctx), *args)
                                   for R0, R1 in _threads.cuts(B)])
         for name in deferred:  # never held for all T: a zero stands in
             vals[name] = np.broadcast_to(np.zeros((), self.dtype),
@@ -1006,17 +1006,23 @@ class Plan:
         mnk = T * B * self.max_weight
         return _threads.single(mnk, self.parts(T, B) if mnk >= _threads.SERIAL else 1)
 
+    def block_for(self, threads) -> int:
+        """The loops' tile limit (engine.blas.tiles) under ``threads`` (_Threads.gemm):
+        none where BLAS's threads share a big GEMM (a tile runs on one thread)."""
+        return 0 if threads is not _NOTHING else self.block
+
     def parts(self, T: int, B: int) -> int:
         """How many parts of the batch the loops run in, each on a core of its own with
         BLAS on one thread, start to end with no synchronisation (a batch's rows never
         meet inside a step). Where a step's GEMM is small BLAS's own threads mostly wait
         for each other, and collapse when another process holds a core (small-lstm: 17-39
         ms from run to run on 2 threads); in parts, a busy core slows its own part only.
-        Where the loops' GEMMs run in tiles (engine.blas.tiles) a part's run fast on one
-        thread at any size (medium-lstm: 340-376 ms a pass in two parts, 491-497 with
-        BLAS's threads); without tiles, a big step's GEMM runs better on BLAS's threads
-        (SPLIT_MAX; medium-lstm: a forward 105 ms on 2 threads, 121 in two parts). A small
-        batch or little work: one part, BLAS's threads."""
+        Where the loops' GEMMs run in tiles (engine.blas.tiles) a part's run as fast on
+        one thread at any size (medium-lstm, a training step: medians of 319-335 ms in two
+        parts, 368-397 without tiles on BLAS's threads); without tiles, a big step's GEMM
+        runs better on BLAS's threads (SPLIT_MAX; medium-lstm: a forward 105 ms on 2
+        threads, 121 in two parts). A small batch or little work: one part, BLAS's
+        threads (and no tiles, ``block_for``)."""
         flops, width = self._loop_sizes
         if B < 2 or not width or (flops * B >= _threads.SPLIT_MAX and not self.block) or \
                 T * B * width < _threads.SPLIT_MIN:
@@ -1079,12 +1085,12 @@ class Plan:
                 wadj = {n.out: np.zeros((T1 - T0, B, n.width), self.dtype) for n in feed
                         if ("adj", n.out) in extra}
                 extra.update({("adj", name): a for name, a in wadj.items()})
-                calls = [partial(grp.backward, T, T0, T1, B, K, keep_adjoints, CH, T0, R0, R1,
-                                 *self._args(grp.bwd_args, vals, params, init,
-                                             {**extra, **mine}))
-                         for (R0, R1), mine in zip(cuts, own)]
-                with _threads.gemm(grp.flops * B):
-                    _threads.run(calls)
+                with (ctx := _threads.gemm(grp.flops * B)):
+                    _threads.run([partial(grp.backward, T, T0, T1, B, K, keep_adjoints, CH,
+                                          T0, R0, R1, self.block_for(ctx),
+                                          *self._args(grp.bwd_args, vals, params, init,
+                                                      {**extra, **mine}))
+                                  for (R0, R1), mine in zip(cuts, own)])
                 if feed:
                     self._feeders_backward(feed, wadj, vals, params, init, gparams, ginit,
                                            adj_of, T0, T1, B)
