@@ -1017,12 +1017,12 @@ class Plan:
         meet inside a step). Where a step's GEMM is small BLAS's own threads mostly wait
         for each other, and collapse when another process holds a core (small-lstm: 17-39
         ms from run to run on 2 threads); in parts, a busy core slows its own part only.
-        Where the loops' GEMMs run in tiles (engine.blas.tiles) a part's run as fast on
-        one thread at any size (medium-lstm, a training step: medians of 319-335 ms in two
-        parts, 368-397 without tiles on BLAS's threads); without tiles, a big step's GEMM
-        runs better on BLAS's threads (SPLIT_MAX; medium-lstm: a forward 105 ms on 2
-        threads, 121 in two parts). A small batch or little work: one part, BLAS's
-        threads (and no tiles, ``block_for``)."""
+        Where the loops' GEMMs run in tiles (engine.blas.tiles) a part's products run
+        as fast on one thread at any size (medium-lstm, a training step: medians of
+        319-335 ms in two parts, 368-397 without tiles on BLAS's threads); without tiles,
+        a big step's GEMM runs better on BLAS's threads (SPLIT_MAX; medium-lstm: a
+        forward 105 ms on 2 threads, 121 in two parts). A small batch or little work:
+        one part, BLAS's threads (and no tiles, ``block_for``)."""
         flops, width = self._loop_sizes
         if B < 2 or not width or (flops * B >= _threads.SPLIT_MAX and not self.block) or \
                 T * B * width < _threads.SPLIT_MIN:
