@@ -149,7 +149,8 @@ def small_gemm(a, b, c, trans_b, beta):
 # OpenBLAS (0.3.17 on) runs a GEMM of at most 100^3 multiply-adds on these cores in its
 # "small matrix" kernels: no packing of the operands, which a recurrent step's product
 # otherwise pays at every call. GFLOP/s on one thread here (AMD EPYC, AVX-512), in one
-# call / in the tiles of ``tiles`` (rows x columns x inner), measured in one run:
+# call / in the tiles of ``tiles`` (rows x columns x inner), measured in one run
+# (``python benchmarks/gemm_tiles.py``):
 #                                         float32                 float64
 #   16x128 @ 128x512 (small-lstm, forward)  66 / 114 (16x256x128)   39 / 56 (16x256x128)
 #   16x512 @ 512x128 (small-lstm, backward) 76 / 115 (16x64x512)    36 / 55 (16x128x256)
