@@ -1018,8 +1018,9 @@ class Plan:
         for each other, and collapse when another process holds a core (small-lstm: 17-39
         ms from run to run on 2 threads); in parts, a busy core slows its own part only.
         Where the loops' GEMMs run in tiles (engine.blas.tiles) a part's products run
-        as fast on one thread at any size (medium-lstm, a training step: medians of
-        319-335 ms in two parts, 368-397 without tiles on BLAS's threads); without tiles,
+        at 95-114 GFLOP/s on one thread, and parts win at any size (medium-lstm, a
+        training step: medians of 319-335 ms in two parts, 368-397 without tiles on
+        BLAS's threads, 125-150 GFLOP/s for the two together); without tiles,
         a big step's GEMM runs better on BLAS's threads (SPLIT_MAX; medium-lstm: a
         forward 105 ms on 2 threads, 121 in two parts). A small batch or little work:
         one part, BLAS's threads (and no tiles, ``block_for``)."""
